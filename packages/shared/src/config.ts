@@ -1,0 +1,68 @@
+import { z } from 'zod';
+import { hostname } from 'node:os';
+import { invalidArgument } from './errors.js';
+
+/** Environment shared by every syncflow process. Parsed once at start; inside, frozen typed values. */
+const common = {
+  /** NATS server(s), comma separated. */
+  SYNCFLOW_NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
+  /** Prefix of every JetStream stream, consumer and KV bucket: lets tests and tenants share a server. */
+  SYNCFLOW_NAMESPACE: z.string().regex(/^[A-Za-z0-9_]{1,32}$/, 'letters, digits and _ only').default('SYNCFLOW'),
+  /** 32-byte key (base64 or hex) sealing database URLs; the same on the coordinator and every agent. */
+  SYNCFLOW_SECRET_KEY: z.string().min(32, 'SYNCFLOW_SECRET_KEY is required (32 bytes, base64 or hex)'),
+  SYNCFLOW_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  /** Optional TLS for gRPC: PEM files. Without them gRPC is plaintext (loopback/demo only). */
+  SYNCFLOW_TLS_CERT: z.string().optional(),
+  SYNCFLOW_TLS_KEY: z.string().optional(),
+  SYNCFLOW_TLS_CA: z.string().optional(),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  /** How long an agent may hold a task without news before JetStream redelivers it (ms). */
+  SYNCFLOW_TASK_ACK_WAIT_MS: z.coerce.number().int().min(1000).default(30_000),
+  /** Deliveries of one task before it is dead-lettered. */
+  SYNCFLOW_TASK_MAX_DELIVER: z.coerce.number().int().min(1).default(5),
+};
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected host:port');
+
+export const coordinatorEnv = z.object({
+  ...common,
+  /** Postgres URL of the control database; migrations are applied at start. */
+  SYNCFLOW_CONTROL_DB_URL: z.string().min(1, 'SYNCFLOW_CONTROL_DB_URL is required'),
+  /** Where SyncService listens. */
+  SYNCFLOW_LISTEN: hostPort.default('127.0.0.1:7400'),
+  /** Bearer token required on every SyncService call; unset = no authentication (loopback only). */
+  SYNCFLOW_API_TOKEN: z.string().min(16).optional(),
+  /** Control DB pool size. */
+  SYNCFLOW_CONTROL_DB_POOL: z.coerce.number().int().min(1).max(100).default(5),
+});
+export type CoordinatorConfig = Readonly<z.infer<typeof coordinatorEnv>>;
+
+export const agentEnv = z.object({
+  ...common,
+  /** The agent group (region / database) whose tasks this agent pulls. */
+  SYNCFLOW_AGENT_GROUP: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lower-case letters, digits, _ and - only'),
+  SYNCFLOW_AGENT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).default(`${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${process.pid}`),
+  /** Where AgentService listens; port 0 picks a free one. */
+  SYNCFLOW_LISTEN: hostPort.default('127.0.0.1:0'),
+  /** The address other agents and the coordinator dial; defaults to the listen address. */
+  SYNCFLOW_ADVERTISE: hostPort.optional(),
+  /** Max connections this agent opens to one database. */
+  SYNCFLOW_DB_POOL_MAX: z.coerce.number().int().min(2).max(200).default(6),
+  /** Tasks this agent works on at once. */
+  SYNCFLOW_AGENT_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
+  /** Batches in flight on one Transfer stream (credit window). */
+  SYNCFLOW_CREDIT_WINDOW: z.coerce.number().int().min(1).max(64).default(4),
+  /** Largest gRPC message accepted (bytes); batches are cut well below it. */
+  SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
+});
+export type AgentConfig = Readonly<z.infer<typeof agentEnv>>;
+
+/** Parses an env schema, throwing one readable line naming every bad variable. */
+export function parseEnv<T extends z.ZodTypeAny>(schema: T, env: NodeJS.ProcessEnv = process.env): Readonly<z.infer<T>> {
+  const r = schema.safeParse(env);
+  if (!r.success) {
+    const msg = r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    throw invalidArgument(`bad configuration: ${msg}`);
+  }
+  return Object.freeze(r.data);
+}

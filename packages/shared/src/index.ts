@@ -1,0 +1,14 @@
+export * from './errors.js';
+export * from './states.js';
+export * from './crypto.js';
+export * from './config.js';
+export * from './logging.js';
+export * from './subjects.js';
+export * from './grpc.js';
+export * from './telemetry.js';
+export * from './nats.js';
+export * from './sql.js';
+export * from './retry.js';
+export * from './names.js';
+export * from './messages.js';
+export * as pb from './gen/index.js';

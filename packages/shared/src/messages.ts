@@ -1,0 +1,58 @@
+import { z } from 'zod';
+
+/**
+ * The JetStream payloads between coordinator and agents. Parsed with zod on arrival:
+ * a malformed message is refused (and dead-lettered), never half-used.
+ */
+const key = z.array(z.string().nullable());
+const sealed = z.object({ name: z.string(), sealed_url: z.string(), group: z.string() });
+
+export const ApplyMethod = { Copy: 'copy', Upsert: 'upsert', Append: 'append', Replace: 'replace' } as const;
+export type ApplyMethod = (typeof ApplyMethod)[keyof typeof ApplyMethod];
+export const applyMethodToProto = (m: ApplyMethod) => `APPLY_METHOD_${m.toUpperCase()}` as const;
+export function applyMethodFromProto(p: string): ApplyMethod {
+  const v = p.replace(/^APPLY_METHOD_/, '').toLowerCase();
+  if (!(Object.values(ApplyMethod) as string[]).includes(v)) throw new Error(`unknown apply method ${p}`);
+  return v as ApplyMethod;
+}
+
+export const taskMessage = z.object({
+  v: z.literal(1),
+  job_id: z.string().uuid(),
+  task_id: z.string().min(1).max(200),
+  source: sealed,
+  target: sealed,
+  snapshot_id: z.string(),
+  schema: z.string(),
+  table: z.string(),
+  /** COPY column list, key columns first. */
+  columns: z.array(z.string()).min(1),
+  key_columns: z.array(z.string()),
+  method: z.enum(['copy', 'upsert', 'append', 'replace']),
+  mirror: z.boolean(),
+  batch_bytes: z.number().int().min(4096),
+  trace: z.record(z.string(), z.string()).default({}),
+});
+export type TaskMessage = z.infer<typeof taskMessage>;
+
+export const EventType = {
+  Started: 'started', Checkpoint: 'checkpoint', Log: 'log', Done: 'done', Failed: 'failed',
+} as const;
+export type EventType = (typeof EventType)[keyof typeof EventType];
+
+const errorInfo = z.object({ kind: z.string(), code: z.string(), message: z.string(), retryable: z.boolean() });
+
+export const eventMessage = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('started'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(), delivery: z.number().int(),
+    resume_after: key.nullable(), snapshot: z.enum(['job', 'own']) }),
+  z.object({ type: z.literal('checkpoint'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(),
+    seq: z.number().int(), last_key: key.nullable(), rows: z.number().int(), bytes: z.number().int(), batches: z.number().int() }),
+  z.object({ type: z.literal('log'), job_id: z.string(), task_id: z.string().nullable(), agent_id: z.string(), at: z.string(),
+    level: z.enum(['debug', 'info', 'warn', 'error']), message: z.string() }),
+  z.object({ type: z.literal('done'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(),
+    rows: z.number().int(), bytes: z.number().int(), batches: z.number().int(), inserted: z.number().int(), updated: z.number().int(),
+    marked_for_delete: z.number().int(), duplicates: z.number().int() }),
+  z.object({ type: z.literal('failed'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(),
+    error: errorInfo, final: z.boolean(), delivery: z.number().int() }),
+]);
+export type EventMessage = z.infer<typeof eventMessage>;

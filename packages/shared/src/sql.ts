@@ -1,0 +1,57 @@
+import postgres from 'postgres';
+import { describeDatabase } from './logging.js';
+
+export type Sql = postgres.Sql<Record<string, never>>;
+export type { postgres };
+
+/**
+ * A quoted identifier as a postgres.js fragment. postgres.js' own sql(name) splits names on
+ * dots ("a.b" → "a"."b"), which would misquote a table legitimately named with a dot, so every
+ * identifier goes through this one function (the rules of quote_ident) and is never concatenated elsewhere.
+ */
+export function quoteIdent(name: string): string {
+  if (name.length === 0 || name.includes('\u0000')) throw new Error('empty or NUL identifier');
+  return '"' + name.replace(/"/g, '""') + '"';
+}
+
+export function ident(sql: Sql, ...parts: string[]) {
+  return sql.unsafe(parts.map(quoteIdent).join('.'));
+}
+
+export function identList(sql: Sql, names: readonly string[], prefix?: string) {
+  const p = prefix ? quoteIdent(prefix) + '.' : '';
+  return sql.unsafe(names.map((n) => p + quoteIdent(n)).join(', '));
+}
+
+export interface PoolOptions {
+  max: number;
+  idleTimeoutS?: number;
+  connectTimeoutS?: number;
+  applicationName: string;
+}
+
+/**
+ * One pool per database. Values are fetched as text for every type (no JS Date/number
+ * round-trips that lose microseconds or int8 precision): row data only moves as COPY bytes.
+ */
+export function createPool(url: string, opts: PoolOptions): Sql {
+  return postgres(url, {
+    max: opts.max,
+    idle_timeout: opts.idleTimeoutS ?? 30,
+    connect_timeout: opts.connectTimeoutS ?? 10,
+    max_lifetime: 60 * 30,
+    prepare: true,
+    onnotice: () => undefined,
+    connection: { application_name: opts.applicationName },
+    types: TEXT_TYPES as never,
+    transform: { undefined: null },
+    fetch_types: true,
+  }) as unknown as Sql;
+}
+
+/** int8, numeric, date, timestamp, timestamptz, interval stay the server's text both ways. */
+const TEXT_TYPES = Object.fromEntries([20, 1700, 1082, 1114, 1184, 1186].map((oid) => [
+  `text_${oid}`, { to: oid, from: [oid], serialize: (x: unknown) => String(x), parse: (x: string) => x },
+]));
+
+export { describeDatabase };

@@ -1,0 +1,67 @@
+import { failedPrecondition } from './errors.js';
+
+/** Job and task states, each with one transition table. Proto enums carry them on the wire. */
+export const JobState = {
+  Pending: 'pending',
+  Running: 'running',
+  Completed: 'completed',
+  Failed: 'failed',
+  Cancelled: 'cancelled',
+} as const;
+export type JobState = (typeof JobState)[keyof typeof JobState];
+
+export const TaskState = {
+  Pending: 'pending',
+  Queued: 'queued',
+  Running: 'running',
+  Done: 'done',
+  Failed: 'failed',
+  Cancelled: 'cancelled',
+} as const;
+export type TaskState = (typeof TaskState)[keyof typeof TaskState];
+
+const JOB_TRANSITIONS: Record<JobState, readonly JobState[]> = {
+  pending: ['running', 'failed', 'cancelled'],
+  running: ['completed', 'failed', 'cancelled'],
+  completed: [],
+  failed: [],
+  cancelled: [],
+};
+
+const TASK_TRANSITIONS: Record<TaskState, readonly TaskState[]> = {
+  pending: ['queued', 'cancelled', 'failed'],
+  queued: ['running', 'cancelled', 'failed', 'done'],
+  // running → queued: the agent died and JetStream redelivers the task
+  running: ['done', 'failed', 'cancelled', 'queued', 'running'],
+  done: [],
+  failed: [],
+  cancelled: [],
+};
+
+export const isTerminalJob = (s: JobState) => JOB_TRANSITIONS[s].length === 0;
+export const isTerminalTask = (s: TaskState) => TASK_TRANSITIONS[s].length === 0;
+
+export function canMoveJob(from: JobState, to: JobState): boolean {
+  return JOB_TRANSITIONS[from].includes(to);
+}
+export function canMoveTask(from: TaskState, to: TaskState): boolean {
+  return TASK_TRANSITIONS[from].includes(to);
+}
+export function assertJobMove(from: JobState, to: JobState): void {
+  if (!canMoveJob(from, to)) throw failedPrecondition(`job cannot go from ${from} to ${to}`, 'bad_transition');
+}
+/** States from which a task may move to `to`: used to guard UPDATEs in the store. */
+export function taskStatesBefore(to: TaskState): TaskState[] {
+  return (Object.keys(TASK_TRANSITIONS) as TaskState[]).filter((s) => TASK_TRANSITIONS[s].includes(to));
+}
+export function jobStatesBefore(to: JobState): JobState[] {
+  return (Object.keys(JOB_TRANSITIONS) as JobState[]).filter((s) => JOB_TRANSITIONS[s].includes(to));
+}
+
+/** Proto enum names ↔ internal states. */
+export const jobStateToProto = (s: JobState) => `JOB_STATE_${s.toUpperCase()}` as const;
+export const taskStateToProto = (s: TaskState) => `TASK_STATE_${s.toUpperCase()}` as const;
+export function jobStateFromProto(p: string): JobState | undefined {
+  const v = p.replace(/^JOB_STATE_/, '').toLowerCase();
+  return (Object.values(JobState) as string[]).includes(v) ? (v as JobState) : undefined;
+}

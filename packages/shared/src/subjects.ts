@@ -1,0 +1,18 @@
+/** Names of every JetStream stream, subject, consumer and KV bucket, derived from one namespace. */
+export function names(ns: string) {
+  return {
+    tasksStream: `${ns}_TASKS`,
+    eventsStream: `${ns}_EVENTS`,
+    deadLetterStream: `${ns}_DLQ`,
+    taskSubject: (group: string) => `${ns.toLowerCase()}.tasks.${group}`,
+    taskSubjects: `${ns.toLowerCase()}.tasks.>`,
+    eventSubject: (jobId: string) => `${ns.toLowerCase()}.events.${jobId}`,
+    eventSubjects: `${ns.toLowerCase()}.events.>`,
+    deadLetterSubject: (group: string) => `${ns.toLowerCase()}.dlq.${group}`,
+    deadLetterSubjects: `${ns.toLowerCase()}.dlq.>`,
+    groupConsumer: (group: string) => `agents_${group.replace(/[^A-Za-z0-9_]/g, '_')}`,
+    coordinatorConsumer: 'coordinator',
+    agentsBucket: `${ns}_agents`,
+  } as const;
+}
+export type Names = ReturnType<typeof names>;
