@@ -12,3 +12,5 @@ export * from './retry.js';
 export * from './names.js';
 export * from './messages.js';
 export * as pb from './gen/index.js';
+export * from './registry.js';
+export * from './events.js';

@@ -28,6 +28,8 @@ export const taskMessage = z.object({
   /** COPY column list, key columns first. */
   columns: z.array(z.string()).min(1),
   key_columns: z.array(z.string()),
+  /** Schema and pg_type name of each key column: casts of key values are built from these, quoted. */
+  key_types: z.array(z.object({ schema: z.string(), name: z.string() })),
   method: z.enum(['copy', 'upsert', 'append', 'replace']),
   mirror: z.boolean(),
   batch_bytes: z.number().int().min(4096),

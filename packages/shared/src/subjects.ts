@@ -13,6 +13,7 @@ export function names(ns: string) {
     groupConsumer: (group: string) => `agents_${group.replace(/[^A-Za-z0-9_]/g, '_')}`,
     coordinatorConsumer: 'coordinator',
     agentsBucket: `${ns}_agents`,
+    jobsBucket: `${ns}_jobs`,
   } as const;
 }
 export type Names = ReturnType<typeof names>;

@@ -1,0 +1,95 @@
+import { ident, toSyncflowError, type Sql, type Logger, type pb } from '@syncflow/shared';
+import { ensureTargetSchema } from './ledger.js';
+import { joinFragments } from '../read/keys.js';
+
+/**
+ * Readies a target for a job: the syncflow schema, and the FK constraints inside FK cycles
+ * (self-references included) set aside — their definitions saved in the same transaction as
+ * the DROP — because no load order can satisfy them batch by batch.
+ */
+export async function prepareTarget(sql: Sql, jobId: string, defer: pb.ForeignKeyRef__Output[], log: Logger): Promise<number> {
+  await ensureTargetSchema(sql);
+  let deferred = 0;
+  for (const fk of defer) {
+    await sql.begin(async (txAny) => {
+      const tx = txAny as unknown as Sql;
+      const [c] = await tx<{ definition: string }[]>`
+        SELECT pg_get_constraintdef(c.oid) AS definition
+        FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+        WHERE n.nspname = ${fk.schema} AND r.relname = ${fk.table} AND c.conname = ${fk.name} AND c.contype = 'f'`;
+      if (!c) return; // already set aside (a retried prepare), or the target never had it
+      await tx`INSERT INTO syncflow.deferred_constraints (job_id, schema_name, table_name, name, definition)
+               VALUES (${jobId}, ${fk.schema}, ${fk.table}, ${fk.name}, ${c.definition}) ON CONFLICT DO NOTHING`;
+      await tx`ALTER TABLE ${ident(tx, fk.schema, fk.table)} DROP CONSTRAINT ${ident(tx, fk.name)}`;
+      deferred++;
+    });
+    log.info({ job: jobId, table: `${fk.schema}.${fk.table}`, constraint: fk.name }, 'foreign key set aside for the load');
+  }
+  return deferred;
+}
+
+/**
+ * Ends a job on the target: mirror deletes (in the given order: children before parents),
+ * constraints set aside restored (added NOT VALID at once, so they guard new writes, then
+ * validated), sequences set to the source's values. Each step is idempotent.
+ */
+export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Output, log: Logger): Promise<pb.TargetReply> {
+  let rowsDeleted = 0;
+  for (const t of req.delete_order) {
+    const key = { columns: t.key.map((k) => k.name), types: t.key.map((k) => ({ schema: k.type_schema, name: k.type_name })) };
+    if (key.columns.length === 0) continue;
+    const keyValues = key.columns.map((_, i) => sql`p.key[${i + 1}]`);
+    const r = await sql.begin(async (txAny) => {
+      const tx = txAny as unknown as Sql;
+      const del = await tx`
+        DELETE FROM ${ident(tx, t.schema, t.name)} t USING syncflow.pending_deletes p
+        WHERE p.job_id = ${req.job_id} AND p.schema_name = ${t.schema} AND p.table_name = ${t.name}
+          AND ${keyCompareColumns(tx, key, keyValues)}`;
+      await tx`DELETE FROM syncflow.pending_deletes WHERE job_id = ${req.job_id} AND schema_name = ${t.schema} AND table_name = ${t.name}`;
+      return del.count;
+    });
+    rowsDeleted += r;
+  }
+  const restored = await restoreConstraints(sql, req.job_id, log);
+  let sequencesSet = 0;
+  for (const s of req.sequences) {
+    const [r] = await sql<{ ok: boolean }[]>`
+      SELECT CASE WHEN to_regclass(format('%I.%I', ${s.schema}::text, ${s.name}::text)) IS NULL THEN false
+             ELSE setval(format('%I.%I', ${s.schema}::text, ${s.name}::text)::regclass, ${s.last_value}::int8, ${s.is_called}) IS NOT NULL END AS ok`;
+    if (r?.ok) sequencesSet++;
+    else log.warn({ sequence: `${s.schema}.${s.name}` }, 'sequence missing on the target; not set');
+  }
+  return { rows_deleted: rowsDeleted, constraints_restored: restored, constraints_deferred: 0, sequences_set: sequencesSet };
+}
+
+function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: string; name: string }[] }, values: ReturnType<Sql['unsafe']>[]) {
+  const casts = key.types.map((ty, i) => sql`CAST(${values[i]!} AS ${ident(sql, ty.schema, ty.name)})`);
+  const cols = key.columns.map((c) => sql`t.${ident(sql, c)}`);
+  return sql`(${joinFragments(sql, cols)}) = (${joinFragments(sql, casts)})`;
+}
+
+/** Re-creates every constraint this job set aside. */
+export async function restoreConstraints(sql: Sql, jobId: string, log: Logger): Promise<number> {
+  const rows = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
+    SELECT schema_name, table_name, name, definition FROM syncflow.deferred_constraints WHERE job_id = ${jobId} ORDER BY deferred_at, name`;
+  let n = 0;
+  for (const c of rows) {
+    const table = ident(sql, c.schema_name, c.table_name);
+    await sql.begin(async (txAny) => {
+      const tx = txAny as unknown as Sql;
+      const exists = await tx`SELECT 1 FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
+                               WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
+      // The definition is pg_get_constraintdef() output read from this same database: DDL text, not user input.
+      if (exists.length === 0) await tx`ALTER TABLE ${table} ADD CONSTRAINT ${ident(tx, c.name)} ${tx.unsafe(c.definition)} NOT VALID`;
+      await tx`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
+    });
+    try {
+      await sql`ALTER TABLE ${table} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
+    } catch (e) {
+      throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but existing rows violate it`);
+    }
+    log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
+    n++;
+  }
+  return n;
+}

@@ -1,0 +1,36 @@
+import { ident, identList, type Sql } from '@syncflow/shared';
+
+export interface KeySpec {
+  columns: readonly string[];
+  types: readonly { schema: string; name: string }[];
+}
+
+/**
+ * `(k1, k2) > (CAST(current_setting('syncflow.k1') AS t1), …)`: a key comparison whose values
+ * reach the server as settings made with bind parameters, because COPY (SELECT …) cannot take
+ * parameters and values are never spliced into SQL text.
+ */
+export function keyAfterSettings(sql: Sql, key: KeySpec, prefix = 'syncflow.k') {
+  const casts = key.types.map((t, i) => sql`CAST(current_setting(${`${prefix}${i + 1}`}) AS ${ident(sql, t.schema, t.name)})`);
+  return sql`(${identList(sql, key.columns)}) > (${joinFragments(sql, casts)})`;
+}
+
+/** Sets the transaction-local settings read by keyAfterSettings. */
+export async function setKeySettings(sql: Sql, values: readonly (string | null)[], prefix = 'syncflow.k'): Promise<void> {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v === null || v === undefined) throw new Error('key values are never NULL');
+    await sql`SELECT set_config(${`${prefix}${i + 1}`}, ${v}, true)`;
+  }
+}
+
+/** `(t.k1, t.k2) <op> (CAST($1 AS t1), …)` with bound values, for statements that take parameters. */
+export function keyCompare(sql: Sql, key: KeySpec, alias: string, op: '>' | '<=' | '=', values: readonly (string | null)[]) {
+  const casts = key.types.map((t, i) => sql`CAST(${values[i] ?? null}::text AS ${ident(sql, t.schema, t.name)})`);
+  return sql`(${identList(sql, key.columns, alias)}) ${sql.unsafe(op)} (${joinFragments(sql, casts)})`;
+}
+
+export function joinFragments(sql: Sql, parts: readonly ReturnType<Sql['unsafe']>[], sep = ', ') {
+  if (parts.length === 0) return sql``;
+  return parts.slice(1).reduce((acc, p) => sql`${acc}${sql.unsafe(sep)}${p}`, parts[0]!);
+}

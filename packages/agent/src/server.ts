@@ -1,0 +1,46 @@
+import { grpc, unary, invalidArgument, withSpan, metadataCarrier, extractContext, SpanKind, type Logger, type pb } from '@syncflow/shared';
+import type { Pools } from './pools.js';
+import { checkReachable } from './pools.js';
+import { introspect } from './read/introspect.js';
+import type { SnapshotHolder } from './read/snapshot.js';
+import { prepareTarget, finalizeTarget } from './apply/target.js';
+import { transferHandler } from './stream/transfer-server.js';
+
+/** Binds AgentService: each RPC validates its input and delegates to its stage. */
+export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger): pb.AgentServiceHandlers {
+  const conn = (c: pb.SealedConnection__Output | null) => {
+    if (!c?.sealed_url) throw invalidArgument('connection is required');
+    return { c, ...pools.get(c) };
+  };
+  const traced = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req, call) =>
+    withSpan(name, {}, () => fn(req), { parent: extractContext(metadataCarrier(call.metadata)), kind: SpanKind.SERVER }));
+
+  return {
+    Introspect: traced('introspect', async (req: pb.IntrospectRequest__Output) => {
+      const { sql, c } = conn(req.connection);
+      await checkReachable(sql, c.name);
+      return introspect(sql);
+    }),
+    ExportSnapshot: traced('export snapshot', async (req: pb.SnapshotRequest__Output) => {
+      const { url } = conn(req.connection);
+      if (!req.job_id) throw invalidArgument('job_id is required');
+      return { snapshot_id: await snapshots.export(req.job_id, url) };
+    }),
+    ReleaseSnapshot: traced('release snapshot', async (req: pb.SnapshotRequest__Output) => {
+      await snapshots.release(req.job_id);
+      return { snapshot_id: '' };
+    }),
+    PrepareTarget: traced('prepare target', async (req: pb.PrepareTargetRequest__Output) => {
+      const { sql, c } = conn(req.connection);
+      await checkReachable(sql, c.name);
+      const n = await prepareTarget(sql, req.job_id, req.defer_constraints, log);
+      return { constraints_deferred: n };
+    }),
+    FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
+      const { sql } = conn(req.connection);
+      return finalizeTarget(sql, req, log);
+    }),
+    Transfer: transferHandler(pools, log),
+  } as pb.AgentServiceHandlers;
+}
+export { grpc };

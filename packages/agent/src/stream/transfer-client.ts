@@ -1,0 +1,92 @@
+import { once } from 'node:events';
+import { grpc, toSyncflowError, SyncflowError, ErrorKind, injectContext, type pb, type Logger } from '@syncflow/shared';
+
+export interface TransferStart { committedSeq: number; resumeAfter: string[] | null }
+export interface OutBatch { data: Buffer; rows: number; firstKey: (string | null)[]; lastKey: (string | null)[] }
+
+/**
+ * The source side of Transfer: at most `window` batches unacknowledged (credit window) on top of
+ * HTTP/2 flow control, so a slow target slows the reader instead of filling memory.
+ */
+export class TransferSender {
+  #call: grpc.ClientDuplexStream<pb.TransferMessage, pb.TransferAck__Output>;
+  #acks: AsyncIterator<pb.TransferAck__Output>;
+  #inflight = 0;
+  #waiters: (() => void)[] = [];
+  #failure: SyncflowError | undefined;
+  #final!: Promise<pb.TransferAck__Output>;
+  #seq = 0;
+  #blockedSince = 0;
+
+  constructor(client: pb.AgentServiceClient, private window: number, private log: Logger, private onAck: (a: pb.TransferAck__Output) => void) {
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
+    this.#call = client.Transfer(md);
+    this.#acks = this.#call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferAck__Output>;
+  }
+
+  /** Sends the header and learns from the target's ledger where to resume. */
+  async open(header: pb.TransferHeader): Promise<TransferStart> {
+    this.#call.write({ header: { ...header, trace: injectContext() } });
+    const first = await this.#next();
+    if (!first?.ready) throw new SyncflowError(ErrorKind.Internal, 'target did not answer the Transfer header');
+    this.#seq = Number(first.committed_seq);
+    this.#final = this.#ackLoop();
+    this.#final.catch(() => undefined);
+    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null };
+  }
+
+  async send(b: OutBatch): Promise<number> {
+    while (this.#inflight >= this.window && !this.#failure) {
+      if (!this.#blockedSince) this.#blockedSince = Date.now();
+      await new Promise<void>((r) => this.#waiters.push(r));
+    }
+    if (this.#blockedSince && Date.now() - this.#blockedSince > 5_000) {
+      this.log.info({ waited_ms: Date.now() - this.#blockedSince }, 'reader waited for target credit (backpressure)');
+    }
+    this.#blockedSince = 0;
+    if (this.#failure) throw this.#failure;
+    this.#inflight++;
+    const seq = ++this.#seq;
+    const ok = this.#call.write({ batch: { seq, data: b.data, rows: b.rows, first_key: { values: b.firstKey as string[] }, last_key: { values: b.lastKey as string[] } } });
+    if (!ok) await once(this.#call, 'drain');
+    return seq;
+  }
+
+  /** Ends the stream and waits for the target's final ack (everything committed). */
+  async finish(totalRows: number): Promise<pb.TransferAck__Output> {
+    this.#call.write({ end: { total_rows: totalRows, total_batches: this.#seq } });
+    this.#call.end();
+    return this.#final;
+  }
+
+  cancel(): void {
+    this.#call.cancel();
+  }
+
+  async #next(): Promise<pb.TransferAck__Output | undefined> {
+    try {
+      const r = await this.#acks.next();
+      return r.done ? undefined : r.value;
+    } catch (e) {
+      throw toSyncflowError(e, 'target agent');
+    }
+  }
+
+  async #ackLoop(): Promise<pb.TransferAck__Output> {
+    try {
+      for (;;) {
+        const ack = await this.#next();
+        if (!ack) throw new SyncflowError(ErrorKind.Unavailable, 'target agent closed the Transfer stream early', { retryable: true });
+        if (ack.final) return ack;
+        this.#inflight--;
+        this.onAck(ack);
+        this.#waiters.shift()?.();
+      }
+    } catch (e) {
+      this.#failure = toSyncflowError(e);
+      for (const w of this.#waiters.splice(0)) w();
+      throw this.#failure;
+    }
+  }
+}

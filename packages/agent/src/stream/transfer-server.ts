@@ -1,0 +1,92 @@
+import {
+  grpc, toGrpcError, toSyncflowError, invalidArgument, applyMethodFromProto, extractContext, withSpan, SpanKind,
+  type Logger, type pb, type Sql,
+} from '@syncflow/shared';
+import type { Pools } from '../pools.js';
+import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
+import { ensureTargetSchema, ledgerPosition } from '../apply/ledger.js';
+
+type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
+
+/**
+ * The target side of Transfer. Reads with `for await`, so HTTP/2 flow control reaches the
+ * sender while a batch is being applied; acks each batch only after its transaction commits.
+ */
+export function transferHandler(pools: Pools, log: Logger): grpc.handleBidiStreamingCall<pb.TransferMessage__Output, pb.TransferAck> {
+  return (call: Call) => {
+    serve(call, pools, log).catch((e) => {
+      const err = toSyncflowError(e);
+      log.warn({ code: err.code, err: err.message }, 'transfer failed on the target');
+      call.emit('error', toGrpcError(err));
+    });
+  };
+}
+
+async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
+  const it = call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferMessage__Output>;
+  const first = await it.next();
+  const header = first.value?.header;
+  if (first.done || !header) throw invalidArgument('a Transfer stream must start with a header');
+  const spec: ApplySpec = {
+    jobId: header.job_id, taskId: header.task_id, schema: header.schema, table: header.table,
+    columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror,
+    key: { columns: header.key_columns, types: [] },
+  };
+  if (!header.target) throw invalidArgument('Transfer header has no target connection');
+  const { sql } = pools.get(header.target);
+  spec.key = { columns: header.key_columns, types: await keyTypes(sql, spec) };
+  const tlog = log.child({ job: spec.jobId, task: spec.taskId, table: `${spec.schema}.${spec.table}` });
+
+  await withSpan('apply table', { 'syncflow.job': spec.jobId, 'syncflow.task': spec.taskId, 'db.sql.table': `${spec.schema}.${spec.table}` }, async (span) => {
+    const pos = await ledgerPosition(sql, spec.jobId, spec.taskId).catch(async (e) => {
+      if (toSyncflowError(e).code !== '42P01') throw e;
+      await ensureTargetSchema(sql);
+      return ledgerPosition(sql, spec.jobId, spec.taskId);
+    });
+    call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null });
+    if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
+    let prevKey = pos.lastKey;
+    let batches = pos.seq;
+    let applied = 0, duplicates = 0;
+    for (;;) {
+      const { value: msg, done } = await it.next();
+      if (done) throw invalidArgument('Transfer stream ended without TransferEnd');
+      if (msg.batch) {
+        const b = msg.batch;
+        const lastKey = b.last_key?.values.length ? b.last_key.values : null;
+        const r = await applyBatch(sql, spec, {
+          seq: Number(b.seq), data: b.data, rows: Number(b.rows),
+          firstKey: b.first_key?.values.length ? b.first_key.values : null, lastKey,
+        }, prevKey);
+        if (lastKey) prevKey = lastKey;
+        batches = Math.max(batches, Number(b.seq));
+        if (r.duplicate) duplicates++; else applied++;
+        call.write({ seq: b.seq, last_key: lastKey ? { values: lastKey } : null, rows: b.rows, duplicate: r.duplicate,
+          rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked });
+      } else if (msg.end) {
+        const marked = await applyEnd(sql, spec, prevKey, batches);
+        span.setAttribute('syncflow.batches', applied);
+        tlog.info({ batches: applied, duplicates, marked_at_end: marked }, 'task applied on the target');
+        call.write({ final: true, rows_marked_for_delete: marked, seq: 0 });
+        call.end();
+        return;
+      } else {
+        throw invalidArgument('unexpected message in Transfer stream');
+      }
+    }
+  }, { parent: extractContext(header.trace), kind: SpanKind.SERVER });
+}
+
+/** The target's own types of the key columns (casts on the target use the target's catalog). */
+async function keyTypes(sql: Sql, spec: ApplySpec): Promise<{ schema: string; name: string }[]> {
+  if (spec.key.columns.length === 0) return [];
+  const rows = await sql<{ name: string; type_schema: string; type_name: string }[]>`
+    SELECT a.attname AS name, tn.nspname AS type_schema, t.typname AS type_name
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+    WHERE a.attrelid = to_regclass(format('%I.%I', ${spec.schema}::text, ${spec.table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
+  return spec.key.columns.map((c) => {
+    const r = rows.find((x) => x.name === c);
+    if (!r) throw invalidArgument(`key column ${c} not found on target table ${spec.schema}.${spec.table}`);
+    return { schema: r.type_schema, name: r.type_name };
+  });
+}

@@ -1,0 +1,98 @@
+import {
+  taskMessage, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer,
+  type Names, type JetStreamClient, type JetStreamManager, type Logger,
+} from '@syncflow/shared';
+import type { JsMsg } from '@nats-io/jetstream';
+import { runTask, type TaskDeps } from './run-task.js';
+
+export interface ConsumerOptions { group: string; concurrency: number; ackWaitMs: number; maxDeliver: number }
+
+/**
+ * Pulls the tasks of this agent's group from the shared durable consumer, at most `concurrency`
+ * at a time. A task stays unacked until it is done (working() keeps it ours while it runs); a
+ * failure naks it with backoff while retryable attempts remain, else terminates it (the
+ * coordinator hears `failed`, final).
+ */
+export class TaskConsumer {
+  #active = new Map<string, AbortController>();
+  #stopping = false;
+  #loop: Promise<void> | undefined;
+
+  constructor(private deps: TaskDeps & { jsm: JetStreamManager }, private opts: ConsumerOptions) {}
+
+  get active(): number { return this.#active.size; }
+
+  start(): void {
+    this.#loop = this.#run().catch((e) => this.deps.log.error({ err: (e as Error).message }, 'task consumer stopped'));
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    for (const c of this.#active.values()) c.abort();
+    await this.#loop;
+    const deadline = Date.now() + 10_000;
+    while (this.#active.size > 0 && Date.now() < deadline) await sleep(100);
+  }
+
+  async #run(): Promise<void> {
+    const { js, jsm, names, log } = this.deps;
+    const name = await ensureGroupConsumer(jsm, names, this.opts.group, this.opts);
+    const consumer = await js.consumers.get(names.tasksStream, name);
+    while (!this.#stopping) {
+      if (this.#active.size >= this.opts.concurrency) { await sleep(100); continue; }
+      let m: JsMsg | null = null;
+      try {
+        m = await consumer.next({ expires: 2_000 });
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'pulling tasks failed; retrying');
+        await sleep(1_000);
+        continue;
+      }
+      if (!m) continue;
+      void this.#handle(m);
+    }
+  }
+
+  async #handle(m: JsMsg): Promise<void> {
+    const { log, names, js } = this.deps;
+    const parsed = taskMessage.safeParse(safeJson(m.data));
+    if (!parsed.success) {
+      log.error({ subject: m.subject, issues: parsed.error.issues.length }, 'malformed task message; terminated');
+      m.term('malformed task');
+      return;
+    }
+    const task = parsed.data;
+    const delivery = m.info.deliveryCount;
+    if (await this.deps.flags.isCancelled(task.job_id)) {
+      m.term('job cancelled');
+      return;
+    }
+    const ctrl = new AbortController();
+    this.#active.set(`${task.task_id}:${delivery}`, ctrl);
+    const keepAlive = setInterval(() => m.working(), Math.max(1000, Math.floor(this.opts.ackWaitMs / 3)));
+    try {
+      await runTask(task, delivery, this.deps, ctrl.signal);
+      await m.ackAck().catch((e) => log.warn({ err: (e as Error).message }, 'task ack not confirmed; it may be redelivered and will be skipped by the ledger'));
+    } catch (e) {
+      const err = toSyncflowError(e);
+      const cancelled = err.kind === 'cancelled' || ctrl.signal.aborted;
+      const retry = !cancelled && err.retryable && delivery < this.opts.maxDeliver;
+      log[retry ? 'warn' : 'error']({ job: task.job_id, task: task.task_id, code: err.code, retryable: err.retryable, delivery, err: err.message }, 'task failed');
+      if (this.#stopping) { m.nak(); return; } // shutting down: another agent takes it now, from its checkpoint
+      if (cancelled) { m.term('job cancelled'); return; }
+      await publishEvent(js, names, {
+        type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
+        error: { kind: err.kind, code: err.code, message: err.message, retryable: err.retryable }, final: !retry, delivery,
+      }, `${task.task_id}:failed:${delivery}`).catch(() => undefined);
+      if (retry) m.nak(backoffMs(delivery, { attempts: this.opts.maxDeliver, baseMs: 500, maxMs: 30_000 }));
+      else m.term(err.code);
+    } finally {
+      clearInterval(keepAlive);
+      this.#active.delete(`${task.task_id}:${delivery}`);
+    }
+  }
+}
+
+function safeJson(data: Uint8Array): unknown {
+  try { return JSON.parse(new TextDecoder().decode(data)); } catch { return undefined; }
+}

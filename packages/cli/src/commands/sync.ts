@@ -1,0 +1,118 @@
+import { Option, type Command } from 'commander';
+import { displayName, type pb } from '@syncflow/shared';
+import { byteSizeArg, checkName, collect, splitTables, syncMode } from '../args.js';
+import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
+import { failureReason } from '../jobview.js';
+import { CliError, count, formatTable, humanBytes, list, methodWord, printJson, println, usageError } from '../output.js';
+import { followJob } from '../progress.js';
+
+/** `sync plan` (what would happen) and `sync start` (do it, optionally following the job). */
+
+interface SpecOpts { from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string }
+
+function buildSpec(opts: SpecOpts): pb.SyncSpec {
+  checkName('connection', opts.from);
+  checkName('connection', opts.to);
+  if (opts.from === opts.to) throw usageError('--from and --to name the same connection');
+  return {
+    from: opts.from,
+    to: opts.to,
+    tables: splitTables(opts.tables),
+    mode: syncMode(opts.mode),
+    batch_bytes: opts.batchBytes ?? '0',
+  };
+}
+
+const tablesOption = () => new Option('--tables <list>', 'only these tables, comma separated: orders,public.users,"Sales Dept"."Order Items" (repeatable; default: all)')
+  .argParser(collect);
+const modeOption = () => new Option('--mode <mode>', 'upsert: insert and update, keep rows only the target has; mirror: also delete them')
+  .default(undefined, 'upsert');
+
+export function registerSync(group: (name: string, description: string) => Command): void {
+  const cmd = group('sync', 'plan and start syncs between two connections');
+
+  cmd.command('plan')
+    .description('show the tables, their order (levels) and how each will be written, without changing anything')
+    .requiredOption('--from <conn>', 'source connection')
+    .requiredOption('--to <conn>', 'target connection')
+    .addOption(tablesOption())
+    .addOption(modeOption())
+    .action(async (opts: SpecOpts, c: Command) => {
+      const g = c.optsWithGlobals<Globals>();
+      const spec = buildSpec(opts);
+      const plan = await withClient(g, (client) => client.unary('PlanSync', spec, SLOW_DEADLINE_MS));
+      if (g.json) return printJson(plan);
+      printPlan(plan);
+    });
+
+  cmd.command('start')
+    .description('start a sync job; with --wait, follow it to the end')
+    .requiredOption('--from <conn>', 'source connection')
+    .requiredOption('--to <conn>', 'target connection')
+    .addOption(tablesOption())
+    .addOption(modeOption())
+    .option('--batch-bytes <size>', 'target size of one batch, e.g. 4MiB (default: the server\'s, 4MiB)', byteSizeArg)
+    .option('--wait', 'follow the job with live progress; exit 0 only if it completes', false)
+    .action(async (opts: SpecOpts & { wait: boolean }, c: Command) => {
+      const g = c.optsWithGlobals<Globals>();
+      const spec = buildSpec(opts);
+      await withClient(g, async (client) => {
+        const job = await client.unary('StartSync', spec, SLOW_DEADLINE_MS);
+        if (!opts.wait) {
+          if (g.json) printJson(job);
+          else println(`job ${job.id} started`);
+          return;
+        }
+        if (!g.json) println(`job ${job.id} started`);
+        const final = await followJob(client, job.id, { json: !!g.json });
+        if (g.json) printJson(final);
+        if (final.state !== 'JOB_STATE_COMPLETED') throw new CliError(failureReason(final));
+      });
+    });
+}
+
+function keyText(t: pb.TablePlan__Output): string {
+  if (!t.key?.length) return 'none';
+  const k = t.key.length === 1 ? t.key[0]! : `(${t.key.join(', ')})`;
+  return t.key_kind && t.key_kind !== 'primary' ? `${k} [${t.key_kind}]` : k;
+}
+
+export function printPlan(plan: pb.Plan__Output): void {
+  const tables = [...(plan.tables ?? [])].sort((a, b) =>
+    a.level - b.level || displayName(a.schema, a.name).localeCompare(displayName(b.schema, b.name)));
+  if (!tables.length) {
+    println('nothing to sync: no tables matched');
+  } else {
+    const lines = formatTable(
+      [{ header: 'TABLE' }, { header: 'METHOD' }, { header: 'KEY' }, { header: 'ROWS', align: 'right' },
+        { header: 'SIZE', align: 'right' }, { header: 'DEPENDS ON' }, { header: 'DEFERRED CONSTRAINTS' }],
+      tables.map((t) => [
+        displayName(t.schema, t.name), methodWord(t.method), keyText(t),
+        Number(t.row_estimate) > 0 ? `~${count(t.row_estimate)}` : '?', humanBytes(t.bytes), list(t.depends_on), list(t.deferred_constraints),
+      ]),
+      '  ',
+    );
+    println(lines[0]);
+    let level: number | undefined;
+    tables.forEach((t, i) => {
+      if (t.level !== level) {
+        level = t.level;
+        const n = tables.filter((x) => x.level === level).length;
+        println(`level ${level} (${n} ${n === 1 ? 'table' : 'tables'})`);
+      }
+      println(lines[i + 1]);
+      for (const note of t.notes ?? []) println(`      note: ${note}`);
+    });
+  }
+  let rows = 0n, bytes = 0;
+  for (const t of tables) {
+    if (/^\d+$/.test(t.row_estimate)) rows += BigInt(t.row_estimate);
+    bytes += Number(t.bytes) || 0;
+  }
+  const levels = plan.levels || new Set(tables.map((t) => t.level)).size;
+  println(`${tables.length} ${tables.length === 1 ? 'table' : 'tables'} in ${levels} ${levels === 1 ? 'level' : 'levels'}, ~${count(rows.toString())} rows, ${humanBytes(bytes)}`);
+  if (plan.notes?.length) {
+    println('notes:');
+    for (const n of plan.notes) println(`  - ${n}`);
+  }
+}

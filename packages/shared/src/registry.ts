@@ -1,0 +1,87 @@
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
+import type { Names } from './subjects.js';
+import { SyncflowError, ErrorKind } from './errors.js';
+
+/** What an agent announces about itself in the registry bucket, refreshed by its heartbeat. */
+export const agentInfo = z.object({
+  id: z.string(),
+  group: z.string(),
+  address: z.string(),
+  version: z.string(),
+  started_at: z.string(),
+  heartbeat_at: z.string(),
+  active_tasks: z.number().int(),
+});
+export type AgentInfo = z.infer<typeof agentInfo>;
+
+/** Agents registered in a JetStream KV bucket whose entries expire (TTL) unless heartbeats renew them. */
+export class AgentRegistry {
+  private constructor(private kv: KV) {}
+
+  static async open(nc: NatsConnection, n: Names, ttlMs = 15_000): Promise<AgentRegistry> {
+    return new AgentRegistry(await new Kvm(nc).create(n.agentsBucket, { ttl: ttlMs, history: 1 }));
+  }
+
+  async announce(info: AgentInfo): Promise<void> {
+    await this.kv.put(`${info.group}.${info.id}`, JSON.stringify(info));
+  }
+
+  async remove(group: string, id: string): Promise<void> {
+    await this.kv.delete(`${group}.${id}`).catch(() => undefined);
+  }
+
+  async list(group?: string): Promise<AgentInfo[]> {
+    const out: AgentInfo[] = [];
+    const keys = await this.kv.keys(group ? `${group}.>` : '>');
+    for await (const k of keys) {
+      const e = await this.kv.get(k);
+      if (!e || e.operation !== 'PUT' || e.length === 0) continue;
+      const parsed = agentInfo.safeParse(e.json());
+      if (parsed.success) out.push(parsed.data);
+    }
+    return out;
+  }
+
+  /** A live agent of the group, the least busy first; UNAVAILABLE when the group has none. */
+  async pick(group: string): Promise<AgentInfo> {
+    const agents = await this.list(group);
+    if (agents.length === 0) {
+      throw new SyncflowError(ErrorKind.Unavailable, `no live agent serves group "${group}"`, { code: 'no_agent', retryable: true });
+    }
+    const least = Math.min(...agents.map((a) => a.active_tasks));
+    const idle = agents.filter((a) => a.active_tasks === least);
+    return idle[Math.floor(Math.random() * idle.length)]!;
+  }
+}
+
+/** Job states that agents must react to (cancel), in a KV bucket they watch. */
+export class JobFlags {
+  readonly #cancelled = new Set<string>();
+  private constructor(private kv: KV) {}
+
+  static async open(nc: NatsConnection, n: Names): Promise<JobFlags> {
+    return new JobFlags(await new Kvm(nc).create(n.jobsBucket, { history: 1, ttl: 7 * 24 * 3600_000 }));
+  }
+
+  async set(jobId: string, state: string): Promise<void> {
+    await this.kv.put(jobId, state);
+  }
+
+  /** Keeps a local set of cancelled jobs up to date; returns when the watch ends. */
+  async watch(): Promise<void> {
+    const w = await this.kv.watch();
+    (async () => {
+      for await (const e of w) {
+        if (e.operation === 'PUT' && e.string() === 'cancelled') this.#cancelled.add(e.key);
+      }
+    })().catch(() => undefined);
+  }
+
+  async isCancelled(jobId: string): Promise<boolean> {
+    if (this.#cancelled.has(jobId)) return true;
+    const e = await this.kv.get(jobId).catch(() => null);
+    return e?.operation === 'PUT' && e.string() === 'cancelled';
+  }
+}
