@@ -112,8 +112,11 @@ export class PgCluster {
   /** Starts the server (again) on the same data dir and port; a no-op when it runs. */
   async start(): Promise<void> {
     if (this.running) return;
-    // After kill(), a postmaster that nobody reaped (zombie) leaves a lock file naming a "live" pid.
-    await unlink(join(this.dataDir, 'postmaster.pid')).catch(() => {});
+    // After kill(), a postmaster nobody reaps (PID 1 here does not) stays a zombie, and postgres takes
+    // lock files naming a zombie for a live server. It is dead (running is false): remove them.
+    for (const f of [join(this.dataDir, 'postmaster.pid'), join(this.baseDir, `.s.PGSQL.${this.port}.lock`)]) {
+      await unlink(f).catch(() => {});
+    }
     let lastErr: unknown;
     for (let attempt = 0; attempt < 10; attempt++) {
       try {

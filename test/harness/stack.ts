@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NatsServer } from './nats.js';
@@ -176,7 +176,7 @@ export class TestStack {
   }
 
   /** Runs the CLI (`node packages/cli/dist/main.js ...args`, no shell) against this stack's coordinator. */
-  cli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  async cli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
     const file = requireBuilt(distMain('cli'));
     const env = baseEnv({ SYNCFLOW_COORDINATOR: this.coordinatorAddress, NO_COLOR: '1', ...opts.env });
     return new Promise((resolve, reject) => {
@@ -199,10 +199,14 @@ export class TestStack {
     return parts.join('\n');
   }
 
-  /** Kills every process and destroys the clusters and the NATS server. */
-  async stop(): Promise<void> {
+  /**
+   * Kills every process and destroys the clusters and the NATS server. The process logs (logDir) are
+   * removed too unless `keepLogs` or the env variable SYNCFLOW_TEST_KEEP_LOGS is set.
+   */
+  async stop(opts: { keepLogs?: boolean } = {}): Promise<void> {
     const procs = [this.coordinator, ...this.agents.values()].filter((p): p is ManagedProcess => p !== null);
     await Promise.all(procs.map((p) => p.kill('SIGKILL')));
     await Promise.allSettled([this.nats.destroy(), ...[...this.clusters.values()].map((c) => c.destroy())]);
+    if (!(opts.keepLogs ?? Boolean(process.env.SYNCFLOW_TEST_KEEP_LOGS))) await rm(this.logDir, { recursive: true, force: true });
   }
 }

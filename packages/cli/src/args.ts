@@ -20,7 +20,7 @@ export function checkPostgresUrl(what: string, url: string): string {
   try {
     u = new URL(url);
   } catch {
-    throw usageError(`${what}: not a valid URL (expected postgres://user:password@host:port/dbname)`);
+    throw usageError(`${what}: not a valid URL (expected e.g. postgres://localhost:5432/app, with user and password)`);
   }
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
     throw usageError(`${what}: expected a postgres:// or postgresql:// URL, got ${u.protocol}//…`);

@@ -58,3 +58,8 @@ export const eventMessage = z.discriminatedUnion('type', [
     error: errorInfo, final: z.boolean(), delivery: z.number().int() }),
 ]);
 export type EventMessage = z.infer<typeof eventMessage>;
+
+/** Decodes a JSON message body; undefined when it is not JSON (the zod parse then refuses it). */
+export function decodeJson(data: Uint8Array): unknown {
+  try { return JSON.parse(new TextDecoder().decode(data)); } catch { return undefined; }
+}

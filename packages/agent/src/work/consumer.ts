@@ -1,5 +1,5 @@
 import {
-  taskMessage, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer,
+  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer,
   type Names, type JetStreamClient, type JetStreamManager, type Logger,
 } from '@syncflow/shared';
 import type { JsMsg } from '@nats-io/jetstream';
@@ -55,7 +55,7 @@ export class TaskConsumer {
 
   async #handle(m: JsMsg): Promise<void> {
     const { log, names, js } = this.deps;
-    const parsed = taskMessage.safeParse(safeJson(m.data));
+    const parsed = taskMessage.safeParse(decodeJson(m.data));
     if (!parsed.success) {
       log.error({ subject: m.subject, issues: parsed.error.issues.length }, 'malformed task message; terminated');
       m.term('malformed task');
@@ -93,6 +93,3 @@ export class TaskConsumer {
   }
 }
 
-function safeJson(data: Uint8Array): unknown {
-  try { return JSON.parse(new TextDecoder().decode(data)); } catch { return undefined; }
-}

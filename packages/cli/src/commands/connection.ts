@@ -13,15 +13,15 @@ export function registerConnection(group: (name: string, description: string) =>
     .argument('<name>', 'connection name: lower-case letters, digits, _ and -')
     .requiredOption('--url <url>', 'postgres://user:password@host:port/dbname, or - to read it from stdin (keeps it out of shell history)')
     .requiredOption('--group <group>', 'agent group (region) whose agents reach this database')
-    .option('--protected', 'mark it protected: the coordinator guards it against destructive use', false)
-    .action(async (name: string, opts: { url: string; group: string; protected: boolean }, c: Command) => {
+    .option('--protected', 'mark it protected: the coordinator guards it against destructive use')
+    .action(async (name: string, opts: { url: string; group: string; protected?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       checkName('connection', name);
       checkName('group', opts.group);
       const url = opts.url === '-' ? await readStdinLine() : opts.url;
       checkPostgresUrl('--url', url);
       const conn = await withClient(g, (client) => client.unary('CreateConnection', {
-        name, url, group: opts.group, protected: opts.protected,
+        name, url, group: opts.group, protected: !!opts.protected,
       }));
       if (g.json) return printJson(conn);
       println(`connection ${conn.name} added (group ${conn.group}, database ${dash(conn.database)}${conn.protected ? ', protected' : ''})`);

@@ -25,8 +25,7 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
 
 const tablesOption = () => new Option('--tables <list>', 'only these tables, comma separated: orders,public.users,"Sales Dept"."Order Items" (repeatable; default: all)')
   .argParser(collect);
-const modeOption = () => new Option('--mode <mode>', 'upsert: insert and update, keep rows only the target has; mirror: also delete them')
-  .default(undefined, 'upsert');
+const modeOption = () => new Option('--mode <mode>', 'upsert (default): insert and update, keep rows only the target has; mirror: also delete them');
 
 export function registerSync(group: (name: string, description: string) => Command): void {
   const cmd = group('sync', 'plan and start syncs between two connections');
@@ -52,8 +51,8 @@ export function registerSync(group: (name: string, description: string) => Comma
     .addOption(tablesOption())
     .addOption(modeOption())
     .option('--batch-bytes <size>', 'target size of one batch, e.g. 4MiB (default: the server\'s, 4MiB)', byteSizeArg)
-    .option('--wait', 'follow the job with live progress; exit 0 only if it completes', false)
-    .action(async (opts: SpecOpts & { wait: boolean }, c: Command) => {
+    .option('--wait', 'follow the job with live progress; exit 0 only if it completes')
+    .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const spec = buildSpec(opts);
       await withClient(g, async (client) => {

@@ -1,0 +1,35 @@
+import { z } from 'zod';
+import { invalidArgument } from '@syncflow/shared';
+
+/** SyncService requests, validated once at the edge. */
+const connName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be 1-63 lower-case letters, digits, _ or -, starting with a letter or digit');
+
+export const createConnectionReq = z.object({
+  name: connName,
+  url: z.string().max(2048).refine((u) => {
+    try { return ['postgres:', 'postgresql:'].includes(new URL(u).protocol); } catch { return false; }
+  }, 'must be a postgres:// or postgresql:// URL'),
+  group: connName,
+  protected: z.boolean(),
+});
+
+export const nameReq = z.object({ name: connName });
+
+export const syncSpecReq = z.object({
+  from: connName,
+  to: connName,
+  tables: z.array(z.string().min(1).max(300)).max(10_000),
+  mode: z.enum(['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_UPSERT', 'SYNC_MODE_MIRROR']).transform((m) => (m === 'SYNC_MODE_MIRROR' ? 'mirror' : 'upsert') as 'upsert' | 'mirror'),
+  batch_bytes: z.coerce.number().int().refine((n) => n === 0 || (n >= 64 * 1024 && n <= 32 * 1024 * 1024), 'must be 0 (default) or between 64 KiB and 32 MiB'),
+}).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
+
+export const jobIdReq = z.object({ id: z.string().uuid('must be a job id (uuid)') });
+export const listJobsReq = z.object({ limit: z.number().int().min(0).max(1000).transform((n) => n || 50) });
+
+export function parseReq<T extends z.ZodTypeAny>(schema: T, req: unknown): z.infer<T> {
+  const r = schema.safeParse(req);
+  if (!r.success) throw invalidArgument(r.error.issues.map((i) => `${i.path.join('.') || 'request'}: ${i.message}`).join('; '));
+  return r.data;
+}
+
+export const DEFAULT_BATCH_BYTES = 4 * 1024 * 1024;

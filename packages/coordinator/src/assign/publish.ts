@@ -1,0 +1,12 @@
+import { headers as natsHeaders } from '@nats-io/transport-node';
+import { injectContext, type JetStreamClient, type Names, type TaskMessage } from '@syncflow/shared';
+
+/**
+ * Publishes a task to its source group's subject. The task id is the JetStream message id, so
+ * publishing again (a coordinator restarted between publish and bookkeeping) is deduplicated.
+ */
+export async function publishTask(js: JetStreamClient, n: Names, group: string, task: TaskMessage): Promise<void> {
+  const h = natsHeaders();
+  for (const [k, v] of Object.entries(injectContext())) h.set(k, v);
+  await js.publish(n.taskSubject(group), JSON.stringify(task), { msgID: task.task_id, headers: h });
+}

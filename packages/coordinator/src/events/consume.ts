@@ -1,0 +1,88 @@
+import { eventMessage, decodeJson, extractContext, withSpan, scrubSecrets, type JetStreamClient, type Names, type Logger, type EventMessage } from '@syncflow/shared';
+import type { JsMsg } from '@nats-io/jetstream';
+import type { JobStore } from '../store/jobs.js';
+import type { JobRunner } from '../run/advance.js';
+
+/**
+ * Folds the agents' events (JetStream, durable consumer) into job and task state and the job
+ * log. An event is acked only after the control DB has it, so a coordinator restart loses none.
+ */
+export class EventConsumer {
+  #stopping = false;
+  #loop: Promise<void> | undefined;
+  constructor(private js: JetStreamClient, private n: Names, private jobs: JobStore, private runner: JobRunner, private log: Logger) {}
+
+  start(): void {
+    this.#loop = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.#loop;
+  }
+
+  async #run(): Promise<void> {
+    const consumer = await this.js.consumers.get(this.n.eventsStream, this.n.coordinatorConsumer);
+    while (!this.#stopping) {
+      let m: JsMsg | null = null;
+      try {
+        m = await consumer.next({ expires: 1_000 });
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, 'pulling events failed; retrying');
+        await new Promise((r) => setTimeout(r, 1_000));
+        continue;
+      }
+      if (!m) continue;
+      const parsed = eventMessage.safeParse(decodeJson(m.data));
+      if (!parsed.success) {
+        this.log.error({ subject: m.subject }, 'malformed event dropped');
+        m.term();
+        continue;
+      }
+      try {
+        const carrier: Record<string, string> = {};
+        for (const k of ['traceparent', 'tracestate']) { const v = m.headers?.get(k); if (v) carrier[k] = v; }
+        await withSpan(`event ${parsed.data.type}`, { 'syncflow.job': parsed.data.job_id }, () => this.#apply(parsed.data), { parent: extractContext(carrier) });
+        m.ack();
+      } catch (e) {
+        this.log.warn({ err: scrubSecrets((e as Error).message) }, 'event not applied; will be redelivered');
+        m.nak(1_000);
+      }
+    }
+  }
+
+  async #apply(e: EventMessage): Promise<void> {
+    const exists = await this.jobs.get(e.job_id).catch(() => undefined);
+    if (!exists) return; // an event of a job this control DB does not know (another namespace user)
+    switch (e.type) {
+      case 'started':
+        await this.jobs.moveTask(e.task_id, 'running', { attempts: e.delivery });
+        await this.jobs.log(e.job_id, e.task_id, 'info', `started on agent ${e.agent_id} (attempt ${e.delivery})${e.resume_after ? ', resuming after the last committed batch' : ''}`);
+        break;
+      case 'checkpoint':
+        await this.jobs.checkpoint(e.task_id, { seq: e.seq, last_key: e.last_key, rows: e.rows, bytes: e.bytes, batches: e.batches });
+        break;
+      case 'log':
+        await this.jobs.log(e.job_id, e.task_id, e.level, scrubSecrets(e.message));
+        break;
+      case 'done':
+        if (await this.jobs.finishTask(e.task_id, { rows: e.rows, bytes: e.bytes, batches: e.batches, inserted: e.inserted, updated: e.updated, marked_for_delete: e.marked_for_delete })) {
+          await this.jobs.log(e.job_id, e.task_id, 'info', `done: ${e.rows} rows read, ${e.inserted} inserted, ${e.updated} updated, ${e.marked_for_delete} marked for delete, ${e.duplicates} duplicate batch(es) skipped`);
+        }
+        await this.runner.advance(e.job_id);
+        break;
+      case 'failed': {
+        const msg = scrubSecrets(`${e.error.code}: ${e.error.message}`);
+        if (e.final) {
+          await this.jobs.moveTask(e.task_id, 'failed', { error: msg, attempts: e.delivery });
+          await this.jobs.log(e.job_id, e.task_id, 'error', `failed for good (attempt ${e.delivery}): ${msg}`);
+          await this.runner.advance(e.job_id);
+        } else {
+          await this.jobs.log(e.job_id, e.task_id, 'warn', `attempt ${e.delivery} failed, will retry: ${msg}`);
+        }
+        break;
+      }
+    }
+  }
+}
+

@@ -1,0 +1,151 @@
+import {
+  parseTableRef, displayName, notFound, failedPrecondition, applyMethodToProto,
+  type pb, type ApplyMethod, type TaskMessage,
+} from '@syncflow/shared';
+import { orderLevels, type FkEdge } from './graph.js';
+import type { PlanRecord } from '../store/jobs.js';
+
+export interface PlanInput {
+  jobId: string;
+  source: pb.Schema__Output;
+  target: pb.Schema__Output;
+  tables: readonly string[];           // as the user typed them; empty = all source tables
+  mode: 'upsert' | 'mirror';
+  batchBytes: number;
+  from: { name: string; sealed_url: string; group: string };
+  to: { name: string; sealed_url: string; group: string };
+  snapshotId: string;
+  trace: Record<string, string>;
+}
+
+export interface Planned {
+  plan: pb.Plan;
+  record: PlanRecord;
+  tasks: { id: string; level: number; schema: string; table: string; method: ApplyMethod; rowEstimate: number; message: TaskMessage }[];
+}
+
+const keyOf = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
+
+/**
+ * Builds the plan of a sync from both schemas: which tables, in which FK level, by which apply
+ * method, which constraints are set aside, which sequences follow. Refuses, before anything is
+ * written, a table missing on either side or columns the target lacks.
+ */
+export function planSync(input: PlanInput): Planned {
+  const selected = selectTables(input.source.tables, input.tables);
+  const targetByKey = new Map(input.target.tables.map((t) => [keyOf(t), t]));
+
+  const edges: FkEdge[] = selected.flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
+  const levels = orderLevels(selected.map(keyOf), edges);
+  const selectedKeys = new Set(selected.map(keyOf));
+  const notes: string[] = [];
+  for (const c of levels.cycles) {
+    notes.push(`FK cycle or self-reference among ${c.join(', ')}: its foreign keys are set aside on the target during the load, then restored and validated`);
+  }
+
+  const problems: string[] = [];
+  const tablePlans: pb.TablePlan[] = [];
+  const tasks: Planned['tasks'] = [];
+  selected.forEach((t, i) => {
+    const name = displayName(t.schema, t.name);
+    const tt = targetByKey.get(keyOf(t));
+    if (!tt) { problems.push(`table ${name} does not exist on target "${input.to.name}" (create it first, e.g. from pg_dump --schema-only)`); return; }
+    const columns = t.columns.filter((c) => !c.generated);
+    const targetCols = new Map(tt.columns.map((c) => [c.name, c]));
+    const missing = columns.filter((c) => !targetCols.has(c.name)).map((c) => c.name);
+    if (missing.length) { problems.push(`table ${name}: target lacks column(s) ${missing.join(', ')}`); return; }
+    const generatedOnTarget = columns.filter((c) => targetCols.get(c.name)!.generated).map((c) => c.name);
+    if (generatedOnTarget.length) { problems.push(`table ${name}: column(s) ${generatedOnTarget.join(', ')} are generated on the target but not on the source`); return; }
+    const key = t.primary_key;
+    const tableNotes: string[] = [];
+    if (key.length && tt.has_rows && !sameSet(key, tt.primary_key)) {
+      problems.push(`table ${name}: the target has no primary or unique key on (${key.join(', ')}), needed to upsert into a non-empty table`);
+      return;
+    }
+    let method: ApplyMethod;
+    if (!tt.has_rows) method = 'copy';
+    else if (key.length) method = 'upsert';
+    else method = input.mode === 'mirror' ? 'replace' : 'append';
+    if (!key.length) {
+      tableNotes.push(method === 'copy'
+        ? 'no primary or unique key: copied whole, in physical order, within the job snapshot'
+        : method === 'replace'
+          ? 'no primary or unique key and the target has rows: mirror replaces the table content in the job'
+          : 'no primary or unique key and the target has rows: only rows not already on the target are added');
+    }
+    if (t.key_kind === 'unique') tableNotes.push(`no primary key; the unique key (${key.join(', ')}) orders and matches rows`);
+    const skipped = t.columns.filter((c) => c.generated).map((c) => c.name);
+    if (skipped.length) tableNotes.push(`generated column(s) ${skipped.join(', ')} are computed by the target, not copied`);
+    const outside = t.foreign_keys.filter((fk) => !selectedKeys.has(`${fk.ref_schema}.${fk.ref_table}`));
+    for (const fk of outside) tableNotes.push(`references ${displayName(fk.ref_schema, fk.ref_table)}, which is not in this sync: its rows must already be on the target`);
+
+    const level = levels.level.get(keyOf(t))!;
+    const deferred = levels.deferred.filter((e) => e.from === keyOf(t));
+    const ordered = [...key, ...columns.map((c) => c.name).filter((c) => !key.includes(c))];
+    const keyTypes = key.map((k) => {
+      const c = t.columns.find((x) => x.name === k)!;
+      return { schema: c.type_schema, name: c.type_name };
+    });
+    tablePlans.push({
+      schema: t.schema, name: t.name, level, method: applyMethodToProto(method) as pb.ApplyMethod, key, key_kind: t.key_kind,
+      row_estimate: t.row_estimate, bytes: t.bytes,
+      depends_on: [...new Set(t.foreign_keys.map((fk) => `${fk.ref_schema}.${fk.ref_table}`).filter((r) => selectedKeys.has(r) && r !== keyOf(t)))],
+      deferred_constraints: deferred.map((d) => d.name), notes: tableNotes,
+    });
+    const id = `${input.jobId}/${i + 1}`;
+    tasks.push({
+      id, level, schema: t.schema, table: t.name, method, rowEstimate: Number(t.row_estimate),
+      message: {
+        v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
+        schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
+        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace,
+      },
+    });
+  });
+  if (problems.length) throw failedPrecondition(problems.join('; '), 'schema_mismatch');
+
+  const selectedSet = new Set(selected.map(keyOf));
+  const record: PlanRecord = {
+    levels: levels.count, tables: tablePlans, notes,
+    deleteOrder: input.mode === 'mirror'
+      ? [...selected].filter((t) => t.primary_key.length && targetByKey.get(keyOf(t))?.has_rows)
+        .sort((a, b) => levels.level.get(keyOf(b))! - levels.level.get(keyOf(a))!)
+        .map((t) => ({ schema: t.schema, name: t.name, key: t.primary_key.map((k) => ({ name: k, ...typeOf(t, k) })) }))
+      : [],
+    sequences: input.source.sequences.filter((s) => selectedSet.has(`${s.owned_by_schema}.${s.owned_by_table}`)).map((s) => ({ ...s })),
+    deferred: levels.deferred.map((e) => {
+      const [schema, table] = splitKey(e.from, selected);
+      return { schema, table, name: e.name };
+    }),
+    sourceGroup: input.from.group, targetGroup: input.to.group,
+  };
+  return { plan: { tables: tablePlans, levels: levels.count, notes }, record, tasks };
+}
+
+function typeOf(t: pb.Table__Output, col: string) {
+  const c = t.columns.find((x) => x.name === col)!;
+  return { type_schema: c.type_schema, type_name: c.type_name };
+}
+
+function splitKey(k: string, tables: pb.Table__Output[]): [string, string] {
+  const t = tables.find((x) => keyOf(x) === k)!;
+  return [t.schema, t.name];
+}
+
+const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
+
+/** Resolves the user's table list against the source; unknown names are NOT_FOUND, all named at once. */
+function selectTables(all: pb.Table__Output[], wanted: readonly string[]): pb.Table__Output[] {
+  if (wanted.length === 0) return all;
+  const out: pb.Table__Output[] = [];
+  const unknown: string[] = [];
+  for (const w of wanted) {
+    const ref = parseTableRef(w);
+    const matches = all.filter((t) => t.name === ref.name && (ref.schema ? t.schema === ref.schema : true));
+    const pick = matches.length > 1 && !ref.schema ? matches.filter((t) => t.schema === 'public') : matches;
+    if (pick.length !== 1) { unknown.push(JSON.stringify(w) + (pick.length > 1 ? ' (ambiguous: name the schema)' : '')); continue; }
+    if (!out.includes(pick[0]!)) out.push(pick[0]!);
+  }
+  if (unknown.length) throw notFound(`table(s) not found on the source: ${unknown.join(', ')}`);
+  return out;
+}

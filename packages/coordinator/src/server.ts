@@ -1,0 +1,88 @@
+import { timingSafeEqual } from 'node:crypto';
+import {
+  grpc, unary, toGrpcError, SyncflowError, ErrorKind, describeDatabase, isTerminalJob, jobStateFromProto, type Sealer, type pb, type Logger,
+} from '@syncflow/shared';
+import { createConnectionReq, nameReq, syncSpecReq, jobIdReq, listJobsReq, parseReq, DEFAULT_BATCH_BYTES } from './api/validate.js';
+import { renderConnection, renderJob } from './api/render.js';
+import { gatherAndPlan } from './plan/gather.js';
+import { startJob } from './run/start.js';
+import type { RunnerDeps, JobRunner } from './run/advance.js';
+
+/** Binds SyncService: authenticate, validate, delegate. No logic of its own. */
+export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, apiToken: string | undefined, log: Logger): pb.SyncServiceHandlers {
+  const authed = <Req, Res>(fn: (req: Req) => Promise<Res>) => unary<Req, Res>(async (req, call) => {
+    authenticate(call.metadata, apiToken);
+    return fn(req);
+  });
+  const syncRequest = async (raw: unknown) => {
+    const s = parseReq(syncSpecReq, raw);
+    const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
+    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES };
+  };
+  const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
+
+  return {
+    CreateConnection: authed(async (raw: pb.CreateConnectionRequest__Output) => {
+      const r = parseReq(createConnectionReq, raw);
+      const row = await d.connections.create({ name: r.name, agent_group: r.group, sealed_url: sealer.seal(r.url), database: describeDatabase(r.url), protected: r.protected });
+      log.info({ connection: r.name, group: r.group, database: row.database }, 'connection created');
+      return renderConnection(row);
+    }),
+    ListConnections: authed(async () => ({ connections: (await d.connections.list()).map(renderConnection) })),
+    DeleteConnection: authed(async (raw: pb.DeleteConnectionRequest__Output) => {
+      const { name } = parseReq(nameReq, raw);
+      await d.connections.remove(name);
+      log.info({ connection: name }, 'connection deleted');
+      return { deleted: true };
+    }),
+    PlanSync: authed(async (raw: pb.SyncSpec__Output) => (await gatherAndPlan(d.agents, await syncRequest(raw))).plan),
+    StartSync: authed(async (raw: pb.SyncSpec__Output) => jobView(await startJob(d, runner, await syncRequest(raw)))),
+    GetJob: authed(async (raw: pb.GetJobRequest__Output) => jobView(parseReq(jobIdReq, raw).id)),
+    ListJobs: authed(async (raw: pb.ListJobsRequest__Output) => {
+      const { limit } = parseReq(listJobsReq, raw);
+      const jobs = await d.jobs.list(limit);
+      return { jobs: await Promise.all(jobs.map(async (j) => renderJob(j, await d.jobs.tasks(j.id)))) };
+    }),
+    CancelJob: authed(async (raw: pb.GetJobRequest__Output) => {
+      const { id } = parseReq(jobIdReq, raw);
+      await runner.cancel(id);
+      return jobView(id);
+    }),
+    GetJobLogs: authed(async (raw: pb.GetJobRequest__Output) => {
+      const { id } = parseReq(jobIdReq, raw);
+      await d.jobs.get(id);
+      const rows = await d.jobs.logs(id);
+      return { entries: rows.map((r) => ({ at: r.at, level: r.level, task_id: r.task_id ?? '', message: r.message })) };
+    }),
+    WatchJob: (call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>) => {
+      watch(call, d, apiToken, jobView).catch((e) => call.emit('error', toGrpcError(e)));
+    },
+  } as pb.SyncServiceHandlers;
+}
+
+/** Streams the job whenever it changes, until it ends or the client goes away. */
+async function watch(call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>, d: RunnerDeps, token: string | undefined,
+  jobView: (id: string) => Promise<pb.Job>): Promise<void> {
+  authenticate(call.metadata, token);
+  const { id } = parseReq(jobIdReq, call.request);
+  let last = '';
+  let gone = false;
+  call.on('cancelled', () => { gone = true; });
+  while (!gone) {
+    const view = await jobView(id);
+    const text = JSON.stringify(view);
+    if (text !== last) { call.write(view); last = text; }
+    const state = jobStateFromProto(String(view.state));
+    if (state && isTerminalJob(state)) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  call.end();
+}
+
+function authenticate(md: grpc.Metadata, token: string | undefined): void {
+  if (!token) return;
+  const got = String(md.get('authorization')[0] ?? '');
+  const want = `Bearer ${token}`;
+  const ok = got.length === want.length && timingSafeEqual(Buffer.from(got), Buffer.from(want));
+  if (!ok) throw new SyncflowError(ErrorKind.Unauthenticated, 'missing or wrong bearer token');
+}

@@ -1,0 +1,126 @@
+import {
+  notFound, jobStatesBefore, taskStatesBefore, type Sql, type JobState, type TaskState, type TaskMessage,
+} from '@syncflow/shared';
+
+export interface JobRow {
+  id: string; from_conn: string; to_conn: string; mode: 'upsert' | 'mirror'; state: JobState;
+  spec: unknown; plan: PlanRecord; snapshot_id: string; trace_id: string; trace: Record<string, string>;
+  error: string; rows_deleted: string; finalized: boolean;
+  created_at: string; started_at: string | null; finished_at: string | null;
+}
+
+/** What the job keeps of its plan to finish it: delete order, sequences, constraints set aside. */
+export interface PlanRecord {
+  levels: number;
+  tables: unknown[];
+  notes: string[];
+  deleteOrder: { schema: string; name: string; key: { name: string; type_schema: string; type_name: string }[] }[];
+  sequences: { schema: string; name: string; last_value: string; is_called: boolean; owned_by_schema: string; owned_by_table: string }[];
+  deferred: { schema: string; table: string; name: string }[];
+  sourceGroup: string;
+  targetGroup: string;
+}
+
+export interface TaskRow {
+  id: string; job_id: string; level: number; schema_name: string; table_name: string; state: TaskState; method: string;
+  message: TaskMessage; row_estimate: string; rows: string; bytes: string; batches: string; inserted: string; updated: string;
+  marked_for_delete: string; checkpoint: { seq: number; last_key: (string | null)[] | null } | null; attempts: number; error: string;
+  started_at: string | null; finished_at: string | null;
+}
+
+const JOB_COLS = 'id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace, error, rows_deleted::text, finalized, created_at::text, started_at::text, finished_at::text';
+const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, message, row_estimate::text, rows::text, bytes::text, batches::text, inserted::text, updated::text, marked_for_delete::text, checkpoint, attempts, error, started_at::text, finished_at::text';
+
+/** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
+export class JobStore {
+  constructor(private sql: Sql) {}
+
+  async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at'>[]): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      await tx`INSERT INTO jobs (id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace)
+               VALUES (${job.id}, ${job.from_conn}, ${job.to_conn}, ${job.mode}, 'pending', ${tx.json(job.spec as never)}, ${tx.json(job.plan as never)},
+                       ${job.snapshot_id}, ${job.trace_id}, ${tx.json(job.trace)})`;
+      for (const t of tasks) {
+        await tx`INSERT INTO tasks (id, job_id, level, schema_name, table_name, state, method, message, row_estimate)
+                 VALUES (${t.id}, ${t.job_id}, ${t.level}, ${t.schema_name}, ${t.table_name}, 'pending', ${t.method}, ${tx.json(t.message as never)}, ${t.row_estimate})`;
+      }
+    });
+  }
+
+  async get(id: string): Promise<JobRow> {
+    const [row] = await this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs WHERE id = $1`, [id]);
+    if (!row) throw notFound(`job ${id} does not exist`);
+    return row;
+  }
+
+  async list(limit: number): Promise<JobRow[]> {
+    return this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs ORDER BY created_at DESC LIMIT $1`, [limit]);
+  }
+
+  async active(): Promise<JobRow[]> {
+    return this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs WHERE state IN ('pending', 'running') ORDER BY created_at`);
+  }
+
+  async tasks(jobId: string): Promise<TaskRow[]> {
+    return this.sql.unsafe<TaskRow[]>(`SELECT ${TASK_COLS} FROM tasks WHERE job_id = $1 ORDER BY level, schema_name, table_name, id`, [jobId]);
+  }
+
+  /** Moves a job if the transition table allows it from its current state; false if it did not move. */
+  async moveJob(id: string, to: JobState, fields: { error?: string; rows_deleted?: number; finalized?: boolean } = {}): Promise<boolean> {
+    const from = jobStatesBefore(to);
+    const r = await this.sql`
+      UPDATE jobs SET state = ${to},
+        error = coalesce(${fields.error ?? null}, error),
+        rows_deleted = coalesce(${fields.rows_deleted ?? null}::int8, rows_deleted),
+        started_at = CASE WHEN ${to} = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+        finished_at = CASE WHEN ${to} IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END
+      WHERE id = ${id} AND state = ANY(${from})`;
+    return r.count > 0;
+  }
+
+  async setFinalized(id: string, rowsDeleted: number): Promise<void> {
+    await this.sql`UPDATE jobs SET finalized = true, rows_deleted = ${rowsDeleted} WHERE id = ${id}`;
+  }
+
+  async moveTask(id: string, to: TaskState, fields: { error?: string; attempts?: number } = {}): Promise<boolean> {
+    const from = taskStatesBefore(to);
+    const r = await this.sql`
+      UPDATE tasks SET state = ${to},
+        error = coalesce(${fields.error ?? null}, error),
+        attempts = greatest(attempts, coalesce(${fields.attempts ?? null}::int, attempts)),
+        started_at = CASE WHEN ${to} = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+        finished_at = CASE WHEN ${to} IN ('done', 'failed', 'cancelled') THEN now() ELSE finished_at END
+      WHERE id = ${id} AND state = ANY(${from})`;
+    return r.count > 0;
+  }
+
+  /** Moves every non-terminal task of a job (cancel, fail). */
+  async moveOpenTasks(jobId: string, to: TaskState, error?: string): Promise<void> {
+    await this.sql`UPDATE tasks SET state = ${to}, error = coalesce(${error ?? null}, error), finished_at = now()
+                   WHERE job_id = ${jobId} AND state IN ('pending', 'queued', 'running')`;
+  }
+
+  /** Records a checkpoint: only ever forward, and only keys the target committed. */
+  async checkpoint(id: string, c: { seq: number; last_key: (string | null)[] | null; rows: number; bytes: number; batches: number }): Promise<void> {
+    await this.sql`
+      UPDATE tasks SET checkpoint = ${this.sql.json(c as never)}, rows = greatest(rows, ${c.rows}), bytes = greatest(bytes, ${c.bytes}), batches = greatest(batches, ${c.batches})
+      WHERE id = ${id} AND state IN ('queued', 'running') AND coalesce((checkpoint->>'seq')::int8, 0) <= ${c.seq}`;
+  }
+
+  async finishTask(id: string, t: { rows: number; bytes: number; batches: number; inserted: number; updated: number; marked_for_delete: number }): Promise<boolean> {
+    const from = taskStatesBefore('done');
+    const r = await this.sql`
+      UPDATE tasks SET state = 'done', rows = ${t.rows}, bytes = ${t.bytes}, batches = ${t.batches}, inserted = ${t.inserted},
+        updated = ${t.updated}, marked_for_delete = ${t.marked_for_delete}, finished_at = now(), error = ''
+      WHERE id = ${id} AND state = ANY(${from})`;
+    return r.count > 0;
+  }
+
+  async log(jobId: string, taskId: string | null, level: string, message: string): Promise<void> {
+    await this.sql`INSERT INTO sync_logs (job_id, task_id, level, message) VALUES (${jobId}, ${taskId}, ${level}, ${message})`;
+  }
+
+  async logs(jobId: string, limit = 5000): Promise<{ at: string; level: string; task_id: string | null; message: string }[]> {
+    return this.sql`SELECT at::text, level, task_id, message FROM sync_logs WHERE job_id = ${jobId} ORDER BY id LIMIT ${limit}`;
+  }
+}
