@@ -53,7 +53,7 @@ export class TestStack {
   readonly agents = new Map<string, ManagedProcess>();
   coordinator: ManagedProcess | null = null;
   private coordinatorPort = 0;
-  private agentSeq = 0;
+  private readonly agentSeq = new Map<string, number>();
 
   private constructor(
     readonly nats: NatsServer,
@@ -148,7 +148,9 @@ export class TestStack {
 
   /** Starts an agent of `group` (default id `<group>-<n>`) and waits until it is ready. */
   async startAgent(group: string, id?: string, extraEnv: Env = {}): Promise<ManagedProcess> {
-    const agentId = id ?? `${group}-${++this.agentSeq}`;
+    const seq = (this.agentSeq.get(group) ?? 0) + 1;
+    this.agentSeq.set(group, seq);
+    const agentId = id ?? `${group}-${seq}`;
     if (this.agents.get(agentId)?.running) throw new Error(`agent ${agentId} is already running`);
     const port = await freePort();
     const proc = ManagedProcess.spawn(requireBuilt(distMain('agent')), {

@@ -1,6 +1,6 @@
 import {
   agentEnv, parseEnv, createLogger, initTelemetry, shutdownTelemetry, names as nameSpace, Sealer, connectNats,
-  jetstream, jetstreamManager, AgentRegistry, JobFlags, createServer, bind, serverCredentials, loadProtos, toSyncflowError,
+  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, createServer, bind, serverCredentials, loadProtos, toSyncflowError,
 } from '@syncflow/shared';
 import { Pools } from './pools.js';
 import { SnapshotHolder } from './read/snapshot.js';
@@ -28,6 +28,8 @@ async function main(): Promise<void> {
   const nc = await connectNats(cfg.SYNCFLOW_NATS_URL, `syncflow-agent-${cfg.SYNCFLOW_AGENT_ID}`, log);
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
+  // Idempotent: an agent may start before the coordinator has ever run.
+  await ensureStreams(jsm, n, { ackWaitMs: cfg.SYNCFLOW_TASK_ACK_WAIT_MS, maxDeliver: cfg.SYNCFLOW_TASK_MAX_DELIVER });
   const registry = await AgentRegistry.open(nc, n);
   const flags = await JobFlags.open(nc, n);
   await flags.watch();

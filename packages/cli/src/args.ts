@@ -49,8 +49,8 @@ export function byteSizeArg(value: string): string {
   const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
   if (!m || unit === undefined) throw new InvalidArgumentError('expected a size in bytes, e.g. 4194304, 512KiB or 4MiB');
   const n = Math.round(Number(m[1]) * unit);
-  if (n < 1024) throw new InvalidArgumentError('expected at least 1024 bytes');
-  if (n > 1024 ** 3) throw new InvalidArgumentError('expected at most 1GiB');
+  // the coordinator accepts 64 KiB to 32 MiB (a batch must stay well below the gRPC message limit)
+  if (n < 64 * 1024 || n > 32 * 1024 ** 2) throw new InvalidArgumentError('expected a size between 64KiB and 32MiB');
   return String(n);
 }
 

@@ -83,6 +83,8 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // Node's deprecation notices (e.g. TLS to an IP address) would break the one-line error contract.
+  process.noDeprecation = true;
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
   });

@@ -151,6 +151,8 @@ export function oneLine(s: string): string {
 export function reportError(e: unknown): 1 | 2 {
   const { line, exitCode } = describeError(e);
   process.stderr.write(`syncflow: ${line}\n`);
+  // opt-in for developers: the stack of an unexpected error, after the one line
+  if (process.env.SYNCFLOW_DEBUG && e instanceof Error && !(e instanceof CliError)) process.stderr.write(`${e.stack ?? ''}\n`);
   process.exitCode = exitCode;
   return exitCode;
 }

@@ -1,8 +1,8 @@
 import cliProgress from 'cli-progress';
-import { sleep, type pb } from '@syncflow/shared';
+import { grpc, sleep, type pb } from '@syncflow/shared';
 import { SyncClient, UnreachableError } from './client.js';
 import { isTerminal, printSummary, sortedTasks, taskName } from './jobview.js';
-import { count, humanBytes, jobStateWord, oneLine, seconds, shortCount, taskStateWord } from './output.js';
+import { count, humanBytes, isGrpcError, jobStateWord, oneLine, seconds, shortCount, taskStateWord } from './output.js';
 
 /**
  * Follows a job through WatchJob until it is terminal: live bars per table on a terminal,
@@ -33,7 +33,9 @@ export async function followJob(client: SyncClient, id: string, opts: { json: bo
       try {
         for await (const job of client.watchJob(id)) {
           last = job;
+          if (failingSince !== undefined) renderer.note('coordinator reachable again');
           failingSince = undefined;
+          attempt = 0;
           renderer.update(job);
         }
         if (last && isTerminal(last)) break;
@@ -42,10 +44,18 @@ export async function followJob(client: SyncClient, id: string, opts: { json: bo
         renderer.update(last);
         if (isTerminal(last)) break;
       } catch (e) {
-        if (!(e instanceof UnreachableError)) throw e;
-        failingSince ??= Date.now();
-        if (Date.now() - failingSince > RECONNECT_FOR_MS) throw e;
-        renderer.note(`coordinator unreachable, retrying… (${e.message})`);
+        if (isGrpcError(e) && e.code === grpc.status.UNIMPLEMENTED) {
+          last = await pollJob(client, id, renderer);
+          break;
+        }
+        // never reached it: say so now rather than after a minute of retries
+        if (!(e instanceof UnreachableError) || last === undefined) throw e;
+        if (failingSince === undefined) {
+          failingSince = Date.now();
+          renderer.note(`${e.message}; retrying for up to ${RECONNECT_FOR_MS / 1000} s`);
+        } else if (Date.now() - failingSince > RECONNECT_FOR_MS) {
+          throw e;
+        }
       }
       await sleep(Math.min(5_000, 250 * 2 ** Math.min(attempt, 5)));
     }
@@ -55,6 +65,16 @@ export async function followJob(client: SyncClient, id: string, opts: { json: bo
   }
   if (!opts.json) printSummary(last!);
   return last!;
+}
+
+/** For a coordinator without WatchJob: GetJob once a second. */
+async function pollJob(client: SyncClient, id: string, renderer: Renderer): Promise<pb.Job__Output> {
+  for (;;) {
+    const job = await client.unary('GetJob', { id });
+    renderer.update(job);
+    if (isTerminal(job)) return job;
+    await sleep(1_000);
+  }
 }
 
 class SilentRenderer implements Renderer {
@@ -73,29 +93,49 @@ class LineRenderer implements Renderer {
 
   update(job: pb.Job__Output): void {
     const tasks = sortedTasks(job);
-    if (!this.#width) this.#width = Math.min(40, Math.max(5, ...tasks.map((t) => taskName(t).length)));
-    if (job.state !== this.#jobState) {
-      this.#jobState = job.state;
-      this.#print(`job ${job.id} ${jobStateWord(job.state)} (${tasks.length} tasks)`);
+    if (!this.#width) {
+      this.#split = splitNames(tasks);
+      this.#width = Math.min(48, Math.max(5, ...tasks.map((t) => this.#label(t).length)));
     }
+    const jobChanged = job.state !== this.#jobState;
+    const first = this.#jobState === '';
+    this.#jobState = job.state;
+    // a new state is announced before the task lines it explains, an end state after them
+    if (jobChanged && !isTerminal(job)) this.#print(`job ${job.id} ${jobStateWord(job.state)}${first ? ` (${tasks.length} tasks)` : ''}`);
     for (const t of tasks) {
-      const key = t.id;
-      const prev = this.#taskStates.get(key);
+      const prev = this.#taskStates.get(t.id);
       const state = t.state + ':' + t.attempts;
       if (prev === state) continue;
-      this.#taskStates.set(key, state);
+      this.#taskStates.set(t.id, state);
       // don't list every pending task at the start; do report them once they move
       if (prev === undefined && (t.state === 'TASK_STATE_PENDING' || t.state === 'TASK_STATE_QUEUED')) continue;
-      let line = `${taskName(t).padEnd(this.#width)}  ${taskStateWord(t.state).padEnd(9)}`;
+      let line = `${this.#label(t).padEnd(this.#width)}  ${taskStateWord(t.state).padEnd(9)}`;
       if (t.state === 'TASK_STATE_RUNNING' && t.attempts > 1) line += ` attempt ${t.attempts}`;
       if (t.state === 'TASK_STATE_DONE') line += ` ${count(t.rows)} rows, ${humanBytes(t.bytes)}, ${seconds(t.started_at, t.finished_at)} s`;
       if (t.error) line += ` ${oneLine(t.error)}`;
       this.#print(line.trimEnd());
     }
+    if (jobChanged && isTerminal(job)) this.#print(`job ${job.id} ${jobStateWord(job.state)}`);
+  }
+  #split = new Set<string>();
+  #label(t: pb.TaskInfo__Output): string {
+    const n = taskName(t);
+    return this.#split.has(n) ? `${n} [${t.id}]` : n;
   }
   note(line: string): void { this.#print(line); }
   stop(): void {}
   #print(line: string) { process.stdout.write(`${time()}  ${line}\n`); }
+}
+
+/** Names of tables that have more than one task (key ranges). */
+function splitNames(tasks: pb.TaskInfo__Output[]): Set<string> {
+  const seen = new Set<string>(), split = new Set<string>();
+  for (const t of tasks) {
+    const n = taskName(t);
+    if (seen.has(n)) split.add(n);
+    seen.add(n);
+  }
+  return split;
 }
 
 interface Group { name: string; rows: number; estimate: number; bytes: number; state: string; bar?: cliProgress.SingleBar }
@@ -143,10 +183,12 @@ class BarRenderer implements Renderer {
       est += g.state === 'done' ? g.rows : Math.max(g.estimate, g.rows);
       bytes += g.bytes;
     }
+    // a table Postgres has no estimate for makes the total's percentage unknown too
+    const unknown = [...fresh.values()].some((g) => g.estimate <= 0 && g.state !== 'done');
     const total = Math.max(est, rows, 1);
     this.#total!.setTotal(total);
     this.#total!.update(isTerminal(job) && job.state === 'JOB_STATE_COMPLETED' ? total : rows, {
-      name: 'total', state: jobStateWord(job.state), rows, estimate: est, bytes,
+      name: 'total', state: jobStateWord(job.state), rows, estimate: unknown && !isTerminal(job) ? 0 : est, bytes,
       extra: job.started_at ? `${seconds(job.started_at, job.finished_at)} s` : '',
     });
   }
@@ -177,7 +219,7 @@ function combine(a: string, b: string): string {
 function formatBar(value: number, total: number, p: BarPayload, width: number): string {
   const known = (p.estimate ?? 0) > 0 || p.state === 'done' || p.state === 'completed';
   const frac = total > 0 ? Math.min(1, value / total) : 0;
-  const filled = Math.round(frac * BAR_WIDTH);
+  const filled = known ? Math.round(frac * BAR_WIDTH) : 0;
   const bar = '█'.repeat(filled) + '░'.repeat(BAR_WIDTH - filled);
   const pct = known ? `${String(Math.floor(frac * 100)).padStart(3)}%` : '   ?';
   const name = p.name.length > width ? '…' + p.name.slice(p.name.length - width + 1) : p.name.padEnd(width);

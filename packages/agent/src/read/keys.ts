@@ -11,7 +11,8 @@ export interface KeySpec {
  * parameters and values are never spliced into SQL text.
  */
 export function keyAfterSettings(sql: Sql, key: KeySpec, prefix = 'syncflow.k') {
-  const casts = key.types.map((t, i) => sql`CAST(current_setting(${`${prefix}${i + 1}`}) AS ${ident(sql, t.schema, t.name)})`);
+  // The setting names are our own constants (syncflow.kN), written as literals: COPY takes no parameters.
+  const casts = key.types.map((t, i) => sql`CAST(current_setting(${sql.unsafe(`'${prefix}${i + 1}'`)}) AS ${ident(sql, t.schema, t.name)})`);
   return sql`(${identList(sql, key.columns)}) > (${joinFragments(sql, casts)})`;
 }
 

@@ -63,6 +63,10 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       for (const b of batcher.push(chunk)) await emit(toBatch(b));
     }
+    // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
+    // from the stream's read(); if that happened on the last chunk, read() is never called again
+    // after the end, and the COMMIT's answer would never be read. Resume it once more.
+    (stream as unknown as { _read?: () => void })._read?.();
     const tail = batcher.end();
     if (tail) await emit(toBatch(tail));
   });

@@ -48,6 +48,7 @@ export class TransferSender {
     if (this.#failure) throw this.#failure;
     this.#inflight++;
     const seq = ++this.#seq;
+    this.log.debug({ seq, rows: b.rows, bytes: b.data.length }, 'sending batch');
     const ok = this.#call.write({ batch: { seq, data: b.data, rows: b.rows, first_key: { values: b.firstKey as string[] }, last_key: { values: b.lastKey as string[] } } });
     if (!ok) await once(this.#call, 'drain');
     return seq;
@@ -55,6 +56,7 @@ export class TransferSender {
 
   /** Ends the stream and waits for the target's final ack (everything committed). */
   async finish(totalRows: number): Promise<pb.TransferAck__Output> {
+    this.log.debug({ batches: this.#seq, rows: totalRows }, 'stream end sent; waiting for the final ack');
     this.#call.write({ end: { total_rows: totalRows, total_batches: this.#seq } });
     this.#call.end();
     return this.#final;

@@ -53,6 +53,7 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
       if (done) throw invalidArgument('Transfer stream ended without TransferEnd');
       if (msg.batch) {
         const b = msg.batch;
+        tlog.debug({ seq: b.seq, rows: b.rows, bytes: b.data.length }, 'applying batch');
         const lastKey = b.last_key?.values.length ? b.last_key.values : null;
         const r = await applyBatch(sql, spec, {
           seq: Number(b.seq), data: b.data, rows: Number(b.rows),

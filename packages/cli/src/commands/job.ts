@@ -33,7 +33,7 @@ export function registerJob(group: (name: string, description: string) => Comman
   cmd.command('list')
     .alias('ls')
     .description('recent jobs, newest first')
-    .option('--limit <n>', 'how many', intArg(1, 10_000), 20)
+    .option('--limit <n>', 'how many', intArg(1, 1000), 20)
     .action(async (opts: { limit: number }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const res = await withClient(g, (client) => client.unary('ListJobs', { limit: opts.limit }));
@@ -45,7 +45,7 @@ export function registerJob(group: (name: string, description: string) => Comman
           { header: 'TABLES', align: 'right' }, { header: 'ROWS', align: 'right' }, { header: 'BYTES', align: 'right' },
           { header: 'SECONDS', align: 'right' }, { header: 'CREATED' }],
         jobs.map((j) => [
-          j.id, jobStateWord(j.state), j.from, j.to, modeWord(j.mode), String(new Set((j.tasks ?? []).map((t) => `${t.schema}.${t.table}`)).size),
+          j.id, jobStateWord(j.state), j.from, j.to, modeWord(j.mode), j.tasks?.length ? String(new Set(j.tasks.map((t) => `${t.schema}.${t.table}`)).size) : '-',
           count(j.rows), humanBytes(j.bytes), seconds(j.started_at, j.finished_at), dash(j.created_at),
         ]),
       );

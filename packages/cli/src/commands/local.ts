@@ -57,7 +57,9 @@ export function registerLocal(group: (name: string, description: string) => Comm
       const result = await down(opts.stateDir);
       if (g.json) return printJson(result);
       if (!result.found) return println(`nothing to stop (no state in ${result.stateDir})`);
-      println(result.stopped.length ? `stopped ${result.stopped.map((s) => `${s.name} (${s.result})`).join(', ')}` : 'nothing was running');
+      println(result.stopped.length
+        ? `stopped ${result.stopped.map((s) => (s.result === 'killed' ? `${s.name} (killed after 5 s)` : s.name)).join(', ')}`
+        : 'nothing was running');
     });
 
   cmd.command('status')
@@ -263,24 +265,6 @@ async function up(opts: UpOpts): Promise<UpResult> {
     }
   });
 
-  // 3. Agents, one per region; agents of regions no longer listed are stopped.
-  const wanted = new Set(settings.regions.map((r) => `agent-${r.name}`));
-  for (const p of Object.values(state.processes)) {
-    if (p.kind === 'agent' && !wanted.has(p.name)) {
-      if (isOurs(p.pid, p.match)) await stopProcess(p.pid);
-      delete state.processes[p.name];
-      save();
-    }
-  }
-  for (const r of settings.regions) {
-    await ensure({
-      name: `agent-${r.name}`, kind: 'agent', command: process.execPath, args: [AGENT_MAIN],
-      env: { ...common, SYNCFLOW_AGENT_GROUP: r.name, SYNCFLOW_AGENT_ID: `local-${r.name}`, SYNCFLOW_LISTEN: '127.0.0.1:0' },
-      match: AGENT_MAIN, region: r.name,
-    });
-  }
-
-  // 4. Wait: coordinator answers health, each newly started agent logs "agent ready".
   const client = new SyncClient({
     address,
     token: process.env.SYNCFLOW_API_TOKEN || undefined,
@@ -288,7 +272,28 @@ async function up(opts: UpOpts): Promise<UpResult> {
     tlsServerName: process.env.SYNCFLOW_TLS_SERVER_NAME || undefined,
   });
   try {
-    const waits: Promise<void>[] = [waitFor('coordinator', waitMs, () => coordinatorReady(client), started.get('coordinator'))];
+    // The coordinator creates the JetStream streams before it serves: agents start after that.
+    await waitFor('coordinator', waitMs, () => coordinatorReady(client), started.get('coordinator'));
+
+    // 3. Agents, one per region; agents of regions no longer listed are stopped.
+    const wanted = new Set(settings.regions.map((r) => `agent-${r.name}`));
+    for (const p of Object.values(state.processes)) {
+      if (p.kind === 'agent' && !wanted.has(p.name)) {
+        if (isOurs(p.pid, p.match)) await stopProcess(p.pid);
+        delete state.processes[p.name];
+        save();
+      }
+    }
+    for (const r of settings.regions) {
+      await ensure({
+        name: `agent-${r.name}`, kind: 'agent', command: process.execPath, args: [AGENT_MAIN],
+        env: { ...common, SYNCFLOW_AGENT_GROUP: r.name, SYNCFLOW_AGENT_ID: `local-${r.name}`, SYNCFLOW_LISTEN: '127.0.0.1:0' },
+        match: AGENT_MAIN, region: r.name,
+      });
+    }
+
+    // 4. Each newly started agent logs "agent ready".
+    const waits: Promise<void>[] = [];
     for (const r of settings.regions) {
       const s = started.get(`agent-${r.name}`);
       if (s) waits.push(waitFor(`agent ${r.name}`, waitMs, () => logContains(s.log, s.logOffset, AGENT_READY), s));
