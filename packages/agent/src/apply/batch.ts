@@ -67,12 +67,15 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
       ? tx`DO NOTHING`
       : tx`DO UPDATE SET (${identList(tx, rest)}) = ROW(${identList(tx, rest, 'excluded')})
            WHERE ROW(${identList(tx, rest, 't')})::text IS DISTINCT FROM ROW(${identList(tx, rest, 'excluded')})::text`;
-    const [r] = await tx<{ ins: string; upd: string }[]>`
-      WITH u AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM sf_stage
-                 ON CONFLICT (${identList(tx, keyCols)}) ${onConflict} RETURNING (xmax = 0) AS inserted)
-      SELECT count(*) FILTER (WHERE inserted)::text AS ins, count(*) FILTER (WHERE NOT inserted)::text AS upd FROM u`;
+    // Rows of the batch not yet on the target: counted before the upsert (RETURNING xmax is not
+    // available on partitioned tables).
+    const keyEq = keyEquals(tx, keyCols);
+    const [missing] = await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM sf_stage s WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${keyEq})`;
+    const upsert = await tx`INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM sf_stage
+                            ON CONFLICT (${identList(tx, keyCols)}) ${onConflict}`;
+    const inserted = Number(missing!.n);
     const marked = spec.mirror ? await markMissing(tx, spec, lowerKey, b.lastKey, true) : 0;
-    return { duplicate: false, inserted: Number(r!.ins), updated: Number(r!.upd), marked };
+    return { duplicate: false, inserted, updated: upsert.count - inserted, marked };
   });
 }
 
@@ -86,8 +89,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
   if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
   if (withStage) {
-    const eq = k.columns.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`);
-    conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${andAll(tx, eq)})`);
+    conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns)})`);
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
   const rows = await tx`
@@ -115,3 +117,5 @@ async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): 
 }
 
 const andAll = (sql: Sql, parts: ReturnType<Sql['unsafe']>[]) => joinFragments(sql, parts, ' AND ');
+/** `s.k1 = t.k1 AND s.k2 = t.k2` between the stage (s) and the table (t). */
+const keyEquals = (sql: Sql, cols: readonly string[]) => andAll(sql, cols.map((c) => sql`s.${ident(sql, c)} = t.${ident(sql, c)}`));
