@@ -54,6 +54,12 @@ export async function introspect(sql: Sql): Promise<pb.Schema> {
     const cols = columns.filter((c) => Number(c.rel) === Number(t.oid));
     const key = keys.find((k) => Number(k.rel) === Number(t.oid));
     const [{ has_rows }] = await sql<{ has_rows: boolean }[]>`SELECT EXISTS (SELECT 1 FROM ${ident(sql, t.schema, t.name)}) AS has_rows`;
+    // Never analysed (reltuples = -1 → 0 here) but not empty: count when that is cheap, for progress bars.
+    let rowEstimate = t.row_estimate;
+    if (has_rows && rowEstimate === '0' && Number(t.bytes) < 64 * 1024 * 1024) {
+      const [{ n }] = await sql<{ n: string }[]>`SELECT count(*)::text AS n FROM ${ident(sql, t.schema, t.name)}`;
+      rowEstimate = n;
+    }
     out.push({
       schema: t.schema, name: t.name,
       columns: cols.map((c) => ({ name: c.name, type: c.type, not_null: c.not_null, generated: c.generated === 's', identity: c.identity, type_schema: c.type_schema, type_name: c.type_name })),
@@ -62,7 +68,7 @@ export async function introspect(sql: Sql): Promise<pb.Schema> {
       foreign_keys: fks.filter((f) => Number(f.rel) === Number(t.oid)).map((f) => ({
         name: f.name, columns: f.cols, ref_schema: f.ref_schema, ref_table: f.ref_table, ref_columns: f.ref_cols, definition: f.definition,
       })),
-      partitioned: t.kind === 'p', row_estimate: t.row_estimate, bytes: t.bytes, has_rows,
+      partitioned: t.kind === 'p', row_estimate: rowEstimate, bytes: t.bytes, has_rows,
     });
   }
   return { tables: out, sequences: await sequences(sql, oids), server_version: await version(sql) };
