@@ -4,6 +4,7 @@ import { Api } from '../harness/api.js';
 import { OtlpReceiver } from '../harness/otlp.js';
 import { loadChinook, schemaOnly, chinookTables } from '../fixtures/chinook.js';
 import { loadTricky } from '../fixtures/tricky.js';
+import { healthStatus, reflectedServices } from '../harness/standard-grpc.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
 let stack: TestStack;
@@ -51,6 +52,20 @@ describe('Chinook from region a to region b', () => {
     expect([...otlp.servicesOf(traceId)].sort()).toEqual(['syncflow-agent-a', 'syncflow-agent-b', 'syncflow-coordinator']);
     const names = new Set(otlp.spans.filter((s) => s.traceId === traceId).map((s) => s.name));
     for (const n of ['sync job', 'sync table', 'apply table']) expect(names).toContain(n);
+  });
+});
+
+describe('standard gRPC tools', () => {
+  it('get health and reflection from the coordinator and every agent', async () => {
+    expect(await healthStatus(stack.coordinatorAddress, 'syncflow.v1.SyncService')).toBe('SERVING');
+    expect(await reflectedServices(stack.coordinatorAddress)).toContain('syncflow.v1.SyncService');
+    const ready = stack.logs().split('\n').filter((l) => l.includes('"msg":"agent ready"'));
+    expect(ready).toHaveLength(2);
+    for (const line of ready) {
+      const address = JSON.parse(line.slice(line.indexOf('{'))).address as string;
+      expect(await healthStatus(address, 'syncflow.v1.AgentService')).toBe('SERVING');
+      expect(await reflectedServices(address)).toContain('syncflow.v1.AgentService');
+    }
   });
 });
 
