@@ -5,6 +5,7 @@ import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
 import { prepareTarget, finalizeTarget } from './apply/target.js';
 import { transferHandler } from './stream/transfer-server.js';
+import { splitPoints } from './read/split.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
 export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger): pb.AgentServiceHandlers {
@@ -39,6 +40,10 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
       const { sql } = conn(req.connection);
       return finalizeTarget(sql, req, log);
+    }),
+    SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {
+      const { sql } = conn(req.connection);
+      return splitPoints(sql, req);
     }),
     Transfer: transferHandler(pools, log),
   } as pb.AgentServiceHandlers;

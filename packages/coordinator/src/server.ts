@@ -5,6 +5,7 @@ import {
 import { createConnectionReq, nameReq, syncSpecReq, jobIdReq, listJobsReq, parseReq, DEFAULT_BATCH_BYTES } from './api/validate.js';
 import { renderConnection, renderJob } from './api/render.js';
 import { gatherAndPlan } from './plan/gather.js';
+import { DEFAULT_SPLIT_ROWS } from './plan/split.js';
 import { startJob } from './run/start.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
 
@@ -17,7 +18,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES };
+    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 

@@ -33,6 +33,9 @@ export const taskMessage = z.object({
   method: z.enum(['copy', 'upsert', 'append', 'replace']),
   mirror: z.boolean(),
   batch_bytes: z.number().int().min(4096),
+  /** A part of a big table: keys in (after, upto], or, for a keyless table, blocks [from, to). Absent ends are open. */
+  range: z.object({ after: key.nullable(), upto: key.nullable() }).nullable().default(null),
+  blocks: z.object({ from: z.number().int().min(0), to: z.number().int().nullable() }).nullable().default(null),
   trace: z.record(z.string(), z.string()).default({}),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;

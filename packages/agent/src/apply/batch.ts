@@ -102,13 +102,13 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
 }
 
 /** The end of a task's stream: mirror marks past the last key; a replace of an empty source empties the table. */
-export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | null, batches: number): Promise<number> {
+export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | null, upto: string[] | null, batches: number): Promise<number> {
   if (spec.method === 'replace' && batches === 0) {
     const r = await sql`DELETE FROM ${ident(sql, spec.schema, spec.table)}`;
     return r.count;
   }
   if (!spec.mirror || spec.method !== 'upsert') return 0;
-  return sql.begin(async (tx) => markMissing(tx as unknown as Sql, spec, lastKey, null, false));
+  return sql.begin(async (tx) => markMissing(tx as unknown as Sql, spec, lastKey, upto, false));
 }
 
 async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): Promise<void> {

@@ -6,18 +6,18 @@ export interface KeySpec {
 }
 
 /**
- * `(k1, k2) > (CAST(current_setting('syncflow.k1') AS t1), …)`: a key comparison whose values
+ * `(k1, k2) <op> (CAST(current_setting('syncflow.k1') AS t1), …)`: a key comparison whose values
  * reach the server as settings made with bind parameters, because COPY (SELECT …) cannot take
- * parameters and values are never spliced into SQL text.
+ * parameters and values are never spliced into SQL text. The setting names are our own constants,
+ * written as literals.
  */
-export function keyAfterSettings(sql: Sql, key: KeySpec, prefix = 'syncflow.k') {
-  // The setting names are our own constants (syncflow.kN), written as literals: COPY takes no parameters.
+export function keyVsSettings(sql: Sql, key: KeySpec, op: '>' | '<=', prefix: string) {
   const casts = key.types.map((t, i) => sql`CAST(current_setting(${sql.unsafe(`'${prefix}${i + 1}'`)}) AS ${ident(sql, t.schema, t.name)})`);
-  return sql`(${identList(sql, key.columns)}) > (${joinFragments(sql, casts)})`;
+  return sql`(${identList(sql, key.columns)}) ${sql.unsafe(op)} (${joinFragments(sql, casts)})`;
 }
 
-/** Sets the transaction-local settings read by keyAfterSettings. */
-export async function setKeySettings(sql: Sql, values: readonly (string | null)[], prefix = 'syncflow.k'): Promise<void> {
+/** Sets the transaction-local settings read by keyVsSettings. */
+export async function setKeySettings(sql: Sql, values: readonly (string | null)[], prefix: string): Promise<void> {
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
     if (v === null || v === undefined) throw new Error('key values are never NULL');

@@ -1,6 +1,6 @@
 import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger } from '@syncflow/shared';
 import { RowBatcher, leadingFields, type CutBatch } from './copy-text.js';
-import { keyAfterSettings, setKeySettings, type KeySpec } from './keys.js';
+import { keyVsSettings, setKeySettings, joinFragments, type KeySpec } from './keys.js';
 import { assertSnapshotId } from './snapshot.js';
 
 const SNAPSHOT_GONE = 'snapshot_gone';
@@ -12,6 +12,10 @@ export interface ReadSpec {
   key: KeySpec;                // empty columns: keyless table, read in physical order
   snapshotId: string;
   resumeAfter: (string | null)[] | null;
+  /** Upper end (inclusive) of this task's key range; null = to the end of the table. */
+  upto: (string | null)[] | null;
+  /** Keyless tables split into parts: the blocks [from, to) of this part. */
+  blocks: { from: number; to: number | null } | null;
   batchBytes: number;
 }
 
@@ -40,20 +44,32 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     const keyed = spec.key.columns.length > 0;
     const table = ident(tx as unknown as Sql, spec.schema, spec.table);
     const cols = identList(tx as unknown as Sql, spec.columns);
-    let query;
+    const conds = [];
     if (keyed) {
-      const order = identList(tx as unknown as Sql, spec.key.columns);
       if (spec.resumeAfter) {
-        await setKeySettings(tx as unknown as Sql, spec.resumeAfter);
-        query = tx`COPY (SELECT ${cols} FROM ${table} WHERE ${keyAfterSettings(tx as unknown as Sql, spec.key)} ORDER BY ${order}) TO STDOUT`;
-      } else {
-        query = tx`COPY (SELECT ${cols} FROM ${table} ORDER BY ${order}) TO STDOUT`;
+        await setKeySettings(tx as unknown as Sql, spec.resumeAfter, 'syncflow.k');
+        conds.push(keyVsSettings(tx as unknown as Sql, spec.key, '>', 'syncflow.k'));
+      }
+      if (spec.upto) {
+        await setKeySettings(tx as unknown as Sql, spec.upto, 'syncflow.u');
+        conds.push(keyVsSettings(tx as unknown as Sql, spec.key, '<=', 'syncflow.u'));
       }
     } else {
       // Keyless: the physical order inside one snapshot is fixed once scans start at block 0.
       await tx`SET LOCAL synchronize_seqscans = off`;
-      query = tx`COPY (SELECT ${cols} FROM ${table}) TO STDOUT`;
+      if (spec.blocks) {
+        // A part of the table by block range (a TID range scan): settings again, COPY takes no parameters.
+        await tx`SELECT set_config('syncflow.b1', ${`(${spec.blocks.from},0)`}, true)`;
+        conds.push(tx`ctid >= current_setting('syncflow.b1')::tid`);
+        if (spec.blocks.to !== null) {
+          await tx`SELECT set_config('syncflow.b2', ${`(${spec.blocks.to},0)`}, true)`;
+          conds.push(tx`ctid < current_setting('syncflow.b2')::tid`);
+        }
+      }
     }
+    const where = conds.length ? tx`WHERE ${joinFragments(tx as unknown as Sql, conds, ' AND ')}` : tx``;
+    const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
+    const query = tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;
     const stream = await query.readable();
     const batcher = new RowBatcher(spec.batchBytes);
     const k = spec.key.columns.length;

@@ -45,7 +45,9 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
     });
     call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null });
     if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
-    let prevKey = pos.lastKey;
+    // Mirror marks start at the range's lower end (or the last committed key) and end at its upper end.
+    let prevKey = pos.lastKey ?? (header.range_after?.values.length ? header.range_after.values : null);
+    const upto = header.range_upto?.values.length ? header.range_upto.values : null;
     let batches = pos.seq;
     let applied = 0, duplicates = 0;
     for (;;) {
@@ -65,7 +67,7 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
         call.write({ seq: b.seq, last_key: lastKey ? { values: lastKey } : null, rows: b.rows, duplicate: r.duplicate,
           rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked });
       } else if (msg.end) {
-        const marked = await applyEnd(sql, spec, prevKey, batches);
+        const marked = await applyEnd(sql, spec, prevKey, upto, batches);
         span.setAttribute('syncflow.batches', applied);
         tlog.info({ batches: applied, duplicates, marked_at_end: marked }, 'task applied on the target');
         call.write({ final: true, rows_marked_for_delete: marked, seq: 0 });

@@ -57,6 +57,8 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         job_id: task.job_id, task_id: task.task_id, target: { name: task.target.name, sealed_url: task.target.sealed_url },
         schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
         method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror,
+        range_after: task.range?.after ? { values: task.range.after as string[] } : null,
+        range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
       });
       await emit({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       const keyless = task.key_columns.length === 0;
@@ -67,7 +69,8 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       const { snapshot } = await readTable(sql, {
         schema: task.schema, table: task.table, columns: task.columns,
         key: { columns: task.key_columns, types: task.key_types }, snapshotId: task.snapshot_id,
-        resumeAfter: keyless ? null : start.resumeAfter, batchBytes: task.batch_bytes,
+        resumeAfter: keyless ? null : start.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
+        blocks: task.blocks, batchBytes: task.batch_bytes,
       }, tlog, async (b) => {
         if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
         if (skip > 0) { skip--; return; }

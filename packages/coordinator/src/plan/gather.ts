@@ -3,6 +3,7 @@ import { type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 import type { ConnectionRow } from '../store/connections.js';
 import { planSync, type Planned } from './planner.js';
+import { splitBigTables } from './split.js';
 
 export interface SyncRequest {
   from: ConnectionRow;
@@ -10,6 +11,7 @@ export interface SyncRequest {
   tables: string[];
   mode: 'upsert' | 'mirror';
   batchBytes: number;
+  splitRows: number;
 }
 
 /**
@@ -22,9 +24,10 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     agents.call<pb.Schema__Output>(req.from.agent_group, 'Introspect', { connection: sealed(req.from), snapshot_id: opts.snapshotId ?? '' }),
     agents.call<pb.Schema__Output>(req.to.agent_group, 'Introspect', { connection: sealed(req.to) }),
   ]);
+  const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), source, req.splitRows, opts.snapshotId ?? '');
   return planSync({
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
-    snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {},
+    snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits,
   });
 }

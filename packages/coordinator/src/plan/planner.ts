@@ -16,7 +16,11 @@ export interface PlanInput {
   to: { name: string; sealed_url: string; group: string };
   snapshotId: string;
   trace: Record<string, string>;
+  /** Parts of big tables (plan/split.ts): key boundaries, or a keyless table's size in blocks. */
+  splits?: ReadonlyMap<string, TableSplit>;
 }
+
+export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
 
 export interface Planned {
   plan: pb.Plan;
@@ -86,20 +90,24 @@ export function planSync(input: PlanInput): Planned {
       const c = t.columns.find((x) => x.name === k)!;
       return { schema: c.type_schema, name: c.type_name };
     });
+    const ranges = partsOf(input.splits?.get(keyOf(t)), method);
+    if (ranges.length > 1) tableNotes.push(`cut into ${ranges.length} ${key.length ? 'key' : 'block'} ranges that load in parallel`);
     tablePlans.push({
       schema: t.schema, name: t.name, level, method: applyMethodToProto(method) as pb.ApplyMethod, key, key_kind: t.key_kind,
       row_estimate: t.row_estimate, bytes: t.bytes,
       depends_on: [...new Set(t.foreign_keys.map((fk) => `${fk.ref_schema}.${fk.ref_table}`).filter((r) => selectedKeys.has(r) && r !== keyOf(t)))],
-      deferred_constraints: deferred.map((d) => d.name), notes: tableNotes,
+      deferred_constraints: deferred.map((d) => d.name), notes: tableNotes, parts: ranges.length,
     });
-    const id = `${input.jobId}/${i + 1}`;
-    tasks.push({
-      id, level, schema: t.schema, table: t.name, method, rowEstimate: Number(t.row_estimate),
-      message: {
-        v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
-        schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
-        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace,
-      },
+    ranges.forEach((r, p) => {
+      const id = ranges.length > 1 ? `${input.jobId}/${i + 1}.${p + 1}` : `${input.jobId}/${i + 1}`;
+      tasks.push({
+        id, level, schema: t.schema, table: t.name, method, rowEstimate: Math.round(Number(t.row_estimate) / ranges.length),
+        message: {
+          v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
+          schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
+          mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, ...r,
+        },
+      });
     });
   });
   if (problems.length) throw failedPrecondition(problems.join('; '), 'schema_mismatch');
@@ -120,6 +128,25 @@ export function planSync(input: PlanInput): Planned {
     sourceGroup: input.from.group, targetGroup: input.to.group,
   };
   return { plan: { tables: tablePlans, levels: levels.count, notes }, record, tasks };
+}
+
+/**
+ * The parts one table is read in: key ranges (after, upto] between consecutive boundaries, or block
+ * ranges of a keyless table. Keyless tables that replace or append must stay whole (one statement
+ * decides what is already there), as must a table without a split.
+ */
+function partsOf(split: TableSplit | undefined, method: ApplyMethod): { range: TaskMessage['range']; blocks: TaskMessage['blocks'] }[] {
+  const whole = [{ range: null, blocks: null }];
+  if (!split || split.parts < 2) return whole;
+  if (split.boundaries.length) {
+    const edges: (string[] | null)[] = [null, ...split.boundaries, null];
+    return edges.slice(1).map((upto, j) => ({ range: { after: edges[j]!, upto }, blocks: null }));
+  }
+  if (method !== 'copy' || split.blocks < split.parts) return whole;
+  const step = Math.ceil(split.blocks / split.parts);
+  return Array.from({ length: split.parts }, (_, j) => ({
+    range: null, blocks: { from: j * step, to: j === split.parts - 1 ? null : (j + 1) * step },
+  }));
 }
 
 function typeOf(t: pb.Table__Output, col: string) {
