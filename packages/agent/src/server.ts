@@ -34,8 +34,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     PrepareTarget: traced('prepare target', async (req: pb.PrepareTargetRequest__Output) => {
       const { sql, c } = conn(req.connection);
       await checkReachable(sql, c.name);
-      const n = await prepareTarget(sql, req.job_id, req.defer_constraints, log);
-      return { constraints_deferred: n };
+      return prepareTarget(sql, req, log);
     }),
     FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
       const { sql } = conn(req.connection);

@@ -18,7 +18,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS };
+    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 

@@ -22,6 +22,10 @@ export async function ensureTargetSchema(sql: Sql): Promise<void> {
       job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, name text NOT NULL, definition text NOT NULL,
       deferred_at timestamptz NOT NULL DEFAULT now(),
       PRIMARY KEY (schema_name, table_name, name))`;
+    await tx`CREATE TABLE IF NOT EXISTS syncflow.deferred_indexes (
+      job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, name text NOT NULL, definition text NOT NULL,
+      deferred_at timestamptz NOT NULL DEFAULT now(),
+      PRIMARY KEY (schema_name, name))`;
   });
 }
 

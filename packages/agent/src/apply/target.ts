@@ -1,14 +1,18 @@
 import { ident, toSyncflowError, type Sql, type Logger, type pb } from '@syncflow/shared';
 import { ensureTargetSchema } from './ledger.js';
 import { joinFragments } from '../read/keys.js';
+import { deferIndexes, restoreIndexes } from './defer-indexes.js';
 
 /**
- * Readies a target for a job: the syncflow schema, and the FK constraints inside FK cycles
- * (self-references included) set aside — their definitions saved in the same transaction as
- * the DROP — because no load order can satisfy them batch by batch.
+ * Readies a target for a job: the syncflow schema; the FK constraints the plan sets aside — those
+ * inside FK cycles (self-references included), which no load order can satisfy batch by batch, and
+ * those of empty tables loaded by COPY, checked once after the data instead of row by row — their
+ * definitions saved in the same transaction as the DROP; and the secondary indexes of those tables.
  */
-export async function prepareTarget(sql: Sql, jobId: string, defer: pb.ForeignKeyRef__Output[], log: Logger): Promise<number> {
+export async function prepareTarget(sql: Sql, req: pb.PrepareTargetRequest__Output, log: Logger): Promise<pb.TargetReply> {
+  const { job_id: jobId } = req;
   await ensureTargetSchema(sql);
+  const defer = [...req.defer_constraints, ...await foreignKeysOf(sql, req.defer_index_tables)];
   let deferred = 0;
   for (const fk of defer) {
     await sql.begin(async (txAny) => {
@@ -25,7 +29,8 @@ export async function prepareTarget(sql: Sql, jobId: string, defer: pb.ForeignKe
     });
     log.info({ job: jobId, table: `${fk.schema}.${fk.table}`, constraint: fk.name }, 'foreign key set aside for the load');
   }
-  return deferred;
+  const indexes = await deferIndexes(sql, jobId, req.defer_index_tables, log);
+  return { constraints_deferred: deferred, indexes_deferred: indexes };
 }
 
 /**
@@ -50,6 +55,8 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     });
     rowsDeleted += r;
   }
+  // Indexes first: validating the foreign keys then reads through them.
+  const indexesRestored = await restoreIndexes(sql, req.job_id, INDEX_JOBS, log);
   const restored = await restoreConstraints(sql, req.job_id, log);
   let sequencesSet = 0;
   for (const s of req.sequences) {
@@ -59,8 +66,23 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     if (r?.ok) sequencesSet++;
     else log.warn({ sequence: `${s.schema}.${s.name}` }, 'sequence missing on the target; not set');
   }
-  return { rows_deleted: rowsDeleted, constraints_restored: restored, constraints_deferred: 0, sequences_set: sequencesSet };
+  return { rows_deleted: rowsDeleted, constraints_restored: restored, constraints_deferred: 0, sequences_set: sequencesSet, indexes_restored: indexesRestored };
 }
+
+/** The target's own FK constraints of the given tables (their child side). */
+async function foreignKeysOf(sql: Sql, tables: pb.TableRef__Output[]): Promise<pb.ForeignKeyRef__Output[]> {
+  if (tables.length === 0) return [];
+  const rows = await sql<pb.ForeignKeyRef__Output[]>`
+    SELECT n.nspname AS schema, r.relname AS table, c.conname AS name
+    FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+    JOIN unnest(${tables.map((t) => t.schema)}::text[], ${tables.map((t) => t.name)}::text[]) AS w(s, t) ON w.s = n.nspname AND w.t = r.relname
+    WHERE c.contype = 'f' AND c.conparentid = 0
+    ORDER BY 1, 2, 3`;
+  return [...rows];
+}
+
+/** Indexes rebuilt at once at the end of a load (each CREATE INDEX uses one connection of the pool). */
+const INDEX_JOBS = 2;
 
 function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: string; name: string }[] }, values: ReturnType<Sql['unsafe']>[]) {
   const casts = key.types.map((ty, i) => sql`CAST(${values[i]!} AS ${ident(sql, ty.schema, ty.name)})`);
@@ -87,6 +109,12 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger): 
       await sql`ALTER TABLE ${table} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
     } catch (e) {
       throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but existing rows violate it`);
+    }
+    const [now] = await sql<{ d: string }[]>`
+      SELECT pg_get_constraintdef(co.oid) AS d FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
+      WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
+    if (now?.d !== c.definition) {
+      throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
     }
     log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
     n++;

@@ -21,6 +21,7 @@ export const syncSpecReq = z.object({
   tables: z.array(z.string().min(1).max(300)).max(10_000),
   mode: z.enum(['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_UPSERT', 'SYNC_MODE_MIRROR']).transform((m) => (m === 'SYNC_MODE_MIRROR' ? 'mirror' : 'upsert') as 'upsert' | 'mirror'),
   batch_bytes: z.coerce.number().int().refine((n) => n === 0 || (n >= 64 * 1024 && n <= 32 * 1024 * 1024), 'must be 0 (default) or between 64 KiB and 32 MiB'),
+  keep_indexes: z.boolean(),
   split_rows: z.coerce.number().int().refine((n) => n === -1 || n === 0 || n >= 1000, 'must be -1 (never split), 0 (default) or at least 1000'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 

@@ -12,6 +12,7 @@ export interface SyncRequest {
   mode: 'upsert' | 'mirror';
   batchBytes: number;
   splitRows: number;
+  keepIndexes: boolean;
 }
 
 /**
@@ -28,6 +29,6 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
   return planSync({
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
-    snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits,
+    snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits, keepIndexes: req.keepIndexes,
   });
 }

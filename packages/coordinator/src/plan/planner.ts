@@ -18,6 +18,8 @@ export interface PlanInput {
   trace: Record<string, string>;
   /** Parts of big tables (plan/split.ts): key boundaries, or a keyless table's size in blocks. */
   splits?: ReadonlyMap<string, TableSplit>;
+  /** Keep the indexes and FKs of empty target tables during the load (default: set them aside, rebuild after). */
+  keepIndexes?: boolean;
 }
 
 export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
@@ -91,6 +93,7 @@ export function planSync(input: PlanInput): Planned {
       return { schema: c.type_schema, name: c.type_name };
     });
     const ranges = partsOf(input.splits?.get(keyOf(t)), method);
+    if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     if (ranges.length > 1) tableNotes.push(`cut into ${ranges.length} ${key.length ? 'key' : 'block'} ranges that load in parallel`);
     tablePlans.push({
       schema: t.schema, name: t.name, level, method: applyMethodToProto(method) as pb.ApplyMethod, key, key_kind: t.key_kind,
@@ -125,6 +128,9 @@ export function planSync(input: PlanInput): Planned {
       const [schema, table] = splitKey(e.from, selected);
       return { schema, table, name: e.name };
     }),
+    loadTables: input.keepIndexes ? [] : tasks.filter((t) => t.method === 'copy')
+      .filter((t, i, all) => all.findIndex((x) => x.schema === t.schema && x.table === t.table) === i)
+      .map((t) => ({ schema: t.schema, name: t.table })),
     sourceGroup: input.from.group, targetGroup: input.to.group,
   };
   return { plan: { tables: tablePlans, levels: levels.count, notes }, record, tasks };

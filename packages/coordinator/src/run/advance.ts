@@ -66,7 +66,7 @@ export class JobRunner {
         delete_order: job.plan.deleteOrder, sequences: job.plan.sequences,
       }, 30 * 60_000);
       await this.d.jobs.setFinalized(job.id, Number(reply.rows_deleted));
-      await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
+      await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
     }
     await this.#releaseSnapshot(job);
     if (await this.d.jobs.moveJob(job.id, 'completed')) {
@@ -103,7 +103,7 @@ export class JobRunner {
   }
 
   async #restoreTarget(job: JobRow): Promise<void> {
-    if (job.plan.deferred.length === 0) return;
+    if (job.plan.deferred.length === 0 && !job.plan.loadTables?.length) return;
     try {
       const to = await this.d.connections.get(job.to_conn);
       await this.d.agents.call(to.agent_group, 'FinalizeTarget', { job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, delete_order: [], sequences: [] });

@@ -38,8 +38,11 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     try {
       const reply = await d.agents.call<pb.TargetReply__Output>(req.to.agent_group, 'PrepareTarget', {
         job_id: jobId, connection: { name: req.to.name, sealed_url: req.to.sealed_url }, defer_constraints: planned.record.deferred,
+        defer_index_tables: planned.record.loadTables ?? [],
       });
-      if (reply.constraints_deferred) await d.jobs.log(jobId, null, 'info', `${reply.constraints_deferred} foreign key(s) set aside on the target for the load`);
+      if (reply.constraints_deferred || reply.indexes_deferred) {
+        await d.jobs.log(jobId, null, 'info', `set aside on the target for the load: ${reply.constraints_deferred} foreign key(s), ${reply.indexes_deferred} index(es)`);
+      }
     } catch (e) {
       const job = await d.jobs.get(jobId);
       await d.jobs.moveJob(jobId, 'running');

@@ -17,6 +17,8 @@ export interface PlanRecord {
   deleteOrder: { schema: string; name: string; key: { name: string; type_schema: string; type_name: string }[] }[];
   sequences: { schema: string; name: string; last_value: string; is_called: boolean; owned_by_schema: string; owned_by_table: string }[];
   deferred: { schema: string; table: string; name: string }[];
+  /** Empty tables loaded by COPY whose secondary indexes and FKs are set aside during the load. */
+  loadTables?: { schema: string; name: string }[];
   sourceGroup: string;
   targetGroup: string;
 }

@@ -1,0 +1,85 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster } from '../harness/index.js';
+import { Api } from '../harness/api.js';
+import type { pb } from '../../packages/shared/src/index.js';
+
+// An initial load into empty tables sets their secondary indexes and FKs aside and rebuilds them after
+// the data: the target ends with exactly the definitions it had, whether the job completes or is cancelled.
+let stack: TestStack;
+let api: Api;
+let a: PgCluster;
+let b: PgCluster;
+
+const SCHEMA = `
+  CREATE TABLE authors (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+  CREATE TABLE books (id int PRIMARY KEY, author_id int NOT NULL REFERENCES authors(id) ON DELETE CASCADE,
+                      title text NOT NULL, isbn text, published date);
+  CREATE INDEX books_author ON books (author_id);
+  CREATE INDEX books_title_lower ON books (lower(title)) WHERE isbn IS NOT NULL;
+  CREATE UNIQUE INDEX books_isbn ON books (isbn);`;
+
+const definitions = async (db: PgCluster) => (await db.sql('lib')<{ d: string }[]>`
+  SELECT c.relname || ': ' || pg_get_indexdef(c.oid) AS d FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = 'public' AND c.relkind = 'i'
+  UNION ALL
+  SELECT conname || ': ' || pg_get_constraintdef(oid) || CASE WHEN convalidated THEN '' ELSE ' (not valid)' END FROM pg_constraint
+  WHERE connamespace = 'public'::regnamespace
+  ORDER BY 1`).map((r) => r.d);
+
+beforeAll(async () => {
+  stack = await TestStack.start();
+  api = new Api(stack.coordinatorAddress);
+  a = stack.region('a');
+  b = stack.region('b');
+  await a.createDatabase('lib');
+  await a.exec('lib', SCHEMA + `
+    INSERT INTO authors SELECT g, 'author ' || g, 'a' || g || '@example.org' FROM generate_series(1, 2000) g;
+    INSERT INTO books SELECT g, 1 + g % 2000, 'Title ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'isbn-' || g END, date '2000-01-01' + g % 8000
+    FROM generate_series(1, 200000) g;`);
+  await b.createDatabase('lib');
+  await api.call('CreateConnection', { name: 'a', url: a.url('lib'), group: 'a' });
+  await api.call('CreateConnection', { name: 'b', url: b.url('lib'), group: 'b' });
+});
+
+afterAll(async () => {
+  api?.close();
+  await stack?.stop();
+});
+
+describe('indexes and foreign keys of an initial load', () => {
+  it('are restored exactly when a load is cancelled half-way', async () => {
+    await b.exec('lib', SCHEMA);
+    const before = await definitions(b);
+    const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', batch_bytes: 64 * 1024, split_rows: -1 });
+    await waitFor(async () => {
+      const [{ n }] = await b.sql('lib')<{ n: number }[]>`SELECT count(*)::int AS n FROM books`;
+      return n > 0;
+    }, { what: 'the load to start', timeoutMs: 60_000 });
+    expect((await definitions(b)).length).toBeLessThan(before.length); // set aside during the load
+    await api.call('CancelJob', { id: job.id });
+    expect(await definitions(b)).toEqual(before);
+    const [{ n }] = await b.sql('lib')<{ n: number }[]>`SELECT count(*)::int AS n FROM syncflow.deferred_indexes`;
+    expect(n).toBe(0);
+  });
+
+  it('are rebuilt after a complete load, definitions unchanged, data equal', async () => {
+    await b.exec('lib', 'DROP TABLE books, authors; DROP SCHEMA syncflow CASCADE;' + SCHEMA);
+    const before = await definitions(b);
+    const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b' });
+    const done = await api.waitJob(job.id);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    expect(await definitions(b)).toEqual(before);
+    expect(diffHashes(await databaseHashes(a.sql('lib')), await databaseHashes(b.sql('lib')))).toEqual([]);
+    const logs = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+    expect(logs.entries.map((e) => e.message).join('\n')).toMatch(/3 index\(es\) rebuilt/);
+  });
+
+  it('stay in place with keep_indexes', async () => {
+    await b.exec('lib', 'TRUNCATE books, authors;');
+    const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', keep_indexes: true });
+    const done = await api.waitJob(job.id);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    const logs = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+    expect(logs.entries.map((e) => e.message).join('\n')).toMatch(/0 index\(es\) rebuilt/);
+  });
+});
