@@ -1,12 +1,13 @@
 import {
   agentEnv, parseEnv, createLogger, initTelemetry, shutdownTelemetry, names as nameSpace, Sealer, connectNats,
-  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, createServer, bind, serverCredentials, loadProtos, toSyncflowError,
+  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos, toSyncflowError,
 } from '@syncflow/shared';
 import { Pools } from './pools.js';
 import { SnapshotHolder } from './read/snapshot.js';
 import { agentService } from './server.js';
 import { AgentClients } from './clients.js';
 import { TaskConsumer } from './work/consumer.js';
+import { JobLimiters, InflightBytes } from './work/limits.js';
 
 const VERSION = '0.1.0';
 
@@ -18,7 +19,8 @@ async function main(): Promise<void> {
   const n = nameSpace(cfg.SYNCFLOW_NAMESPACE);
   const tls = { cert: cfg.SYNCFLOW_TLS_CERT, key: cfg.SYNCFLOW_TLS_KEY, ca: cfg.SYNCFLOW_TLS_CA };
 
-  const pools = new Pools(sealer, cfg.SYNCFLOW_DB_POOL_MAX, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
+  const pools = new Pools(sealer, cfg.SYNCFLOW_DB_POOL_MAX, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log,
+    { rowsPerS: cfg.SYNCFLOW_DB_MAX_ROWS_PER_S, bytesPerS: cfg.SYNCFLOW_DB_MAX_BYTES_PER_S });
   const snapshots = new SnapshotHolder(log);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log));
@@ -33,9 +35,12 @@ async function main(): Promise<void> {
   const registry = await AgentRegistry.open(nc, n);
   const flags = await JobFlags.open(nc, n);
   await flags.watch();
+  const rates = await JobRates.open(nc, n);
+  await rates.watch();
   const clients = new AgentClients(tls, cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   const consumer = new TaskConsumer({
     agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, log,
+    limiters: new JobLimiters(rates, registry, cfg.SYNCFLOW_AGENT_GROUP), inflight: new InflightBytes(cfg.SYNCFLOW_INFLIGHT_BYTES),
   }, { group: cfg.SYNCFLOW_AGENT_GROUP, concurrency: cfg.SYNCFLOW_AGENT_CONCURRENCY, ackWaitMs: cfg.SYNCFLOW_TASK_ACK_WAIT_MS, maxDeliver: cfg.SYNCFLOW_TASK_MAX_DELIVER });
 
   const startedAt = new Date().toISOString();

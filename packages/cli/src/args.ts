@@ -54,6 +54,24 @@ export function byteSizeArg(value: string): string {
   return String(n);
 }
 
+/** commander parser: a non-negative rate (rows or bytes per second; byte rates take units: 10MiB). */
+export function rateArg(bytes: boolean) {
+  return (value: string): number => {
+    if (bytes) return Number(byteSizeOrZero(value));
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number of rows per second (0 = unlimited)');
+    return n;
+  };
+}
+
+function byteSizeOrZero(value: string): string {
+  if (/^\s*0\s*$/.test(value)) return '0';
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new InvalidArgumentError('expected bytes per second, e.g. 1048576 or 10MiB (0 = unlimited)');
+  return String(Math.round(Number(m[1]) * unit));
+}
+
 /** commander parser for repeatable options: collects every occurrence. */
 export const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 

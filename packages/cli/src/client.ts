@@ -52,6 +52,7 @@ interface Unary {
   ListJobs: [pb.ListJobsRequest, pb.ListJobsResponse__Output];
   CancelJob: [pb.GetJobRequest, pb.Job__Output];
   GetJobLogs: [pb.GetJobRequest, pb.JobLogs__Output];
+  SetJobRate: [pb.SetJobRateRequest, pb.Job__Output];
 }
 export type UnaryMethod = keyof Unary;
 

@@ -1,6 +1,6 @@
 import {
   coordinatorEnv, parseEnv, createLogger, initTelemetry, shutdownTelemetry, names as nameSpace, Sealer, connectNats,
-  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, createServer, bind, serverCredentials, loadProtos,
+  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos,
   createPool, toSyncflowError, scrubSecrets,
 } from '@syncflow/shared';
 import { migrate } from './store/migrate.js';
@@ -28,8 +28,9 @@ async function main(): Promise<void> {
   await ensureStreams(jsm, n, { ackWaitMs: cfg.SYNCFLOW_TASK_ACK_WAIT_MS, maxDeliver: cfg.SYNCFLOW_TASK_MAX_DELIVER });
   const registry = await AgentRegistry.open(nc, n);
   const flags = await JobFlags.open(nc, n);
+  const rates = await JobRates.open(nc, n);
   const agents = new AgentLink(registry, tls);
-  const deps = { jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, log };
+  const deps = { jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, rates, log };
   const runner = new JobRunner(deps);
   const events = new EventConsumer(js, n, deps.jobs, runner, log);
   events.start();

@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import {
   grpc, unary, toGrpcError, SyncflowError, ErrorKind, describeDatabase, isTerminalJob, jobStateFromProto, type Sealer, type pb, type Logger,
 } from '@syncflow/shared';
-import { createConnectionReq, nameReq, syncSpecReq, jobIdReq, listJobsReq, parseReq, DEFAULT_BATCH_BYTES } from './api/validate.js';
+import { createConnectionReq, nameReq, syncSpecReq, jobIdReq, listJobsReq, setJobRateReq, parseReq, DEFAULT_BATCH_BYTES } from './api/validate.js';
 import { renderConnection, renderJob } from './api/render.js';
 import { gatherAndPlan } from './plan/gather.js';
 import { DEFAULT_SPLIT_ROWS } from './plan/split.js';
@@ -18,7 +18,8 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes };
+    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes,
+      maxRowsPerS: s.max_rows_per_s, maxBytesPerS: s.max_bytes_per_s };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 
@@ -54,6 +55,14 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       await d.jobs.get(id);
       const rows = await d.jobs.logs(id);
       return { entries: rows.map((r) => ({ at: r.at, level: r.level, task_id: r.task_id ?? '', message: r.message })) };
+    }),
+    SetJobRate: authed(async (raw: pb.SetJobRateRequest__Output) => {
+      const r = parseReq(setJobRateReq, raw);
+      const job = await d.jobs.get(r.id);
+      if (isTerminalJob(job.state)) throw new SyncflowError(ErrorKind.FailedPrecondition, `job ${r.id} has ended (${job.state})`);
+      await d.rates.set(r.id, { rows_per_s: r.max_rows_per_s, bytes_per_s: r.max_bytes_per_s });
+      await d.jobs.log(r.id, null, 'info', `rate limits set to ${r.max_rows_per_s || 'unlimited'} rows/s, ${r.max_bytes_per_s || 'unlimited'} bytes/s`);
+      return jobView(r.id);
     }),
     WatchJob: (call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>) => {
       watch(call, d, apiToken, jobView).catch((e) => call.emit('error', toGrpcError(e)));

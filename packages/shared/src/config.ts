@@ -52,6 +52,11 @@ export const agentEnv = z.object({
   SYNCFLOW_AGENT_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
   /** Batches in flight on one Transfer stream (credit window). */
   SYNCFLOW_CREDIT_WINDOW: z.coerce.number().int().min(1).max(64).default(4),
+  /** Rate limits this agent applies, as a target, to each database it writes (0 = none). */
+  SYNCFLOW_DB_MAX_ROWS_PER_S: z.coerce.number().min(0).default(0),
+  SYNCFLOW_DB_MAX_BYTES_PER_S: z.coerce.number().min(0).default(0),
+  /** Bytes of batches this agent keeps in flight over all its transfers, whatever the row size. */
+  SYNCFLOW_INFLIGHT_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
   /** Largest gRPC message accepted (bytes); batches are cut well below it. */
   SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
 });

@@ -14,3 +14,5 @@ export * from './messages.js';
 export * as pb from './gen/index.js';
 export * from './registry.js';
 export * from './events.js';
+export * from './throttle.js';
+export * from './rates.js';

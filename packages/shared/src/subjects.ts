@@ -14,6 +14,7 @@ export function names(ns: string) {
     coordinatorConsumer: 'coordinator',
     agentsBucket: `${ns}_agents`,
     jobsBucket: `${ns}_jobs`,
+    ratesBucket: `${ns}_rates`,
   } as const;
 }
 export type Names = ReturnType<typeof names>;

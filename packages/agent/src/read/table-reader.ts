@@ -16,7 +16,8 @@ export interface ReadSpec {
   upto: (string | null)[] | null;
   /** Keyless tables split into parts: the blocks [from, to) of this part. */
   blocks: { from: number; to: number | null } | null;
-  batchBytes: number;
+  /** Target batch size, read before each chunk (the sizer may change it between batches). */
+  batchBytes: number | (() => number);
 }
 
 export interface ReadBatch extends CutBatch {
@@ -71,12 +72,14 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
     const query = tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;
     const stream = await query.readable();
-    const batcher = new RowBatcher(spec.batchBytes);
+    const size = typeof spec.batchBytes === 'function' ? spec.batchBytes : () => spec.batchBytes as number;
+    const batcher = new RowBatcher(size());
     const k = spec.key.columns.length;
     const toBatch = (b: CutBatch): ReadBatch => ({
       ...b, firstKey: k ? leadingFields(b.firstRow, k) : [], lastKey: k ? leadingFields(b.lastRow, k) : [],
     });
     for await (const chunk of stream as AsyncIterable<Buffer>) {
+      batcher.setTarget(size());
       for (const b of batcher.push(chunk)) await emit(toBatch(b));
     }
     // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import { grpc, toSyncflowError, SyncflowError, ErrorKind, injectContext, type pb, type Logger } from '@syncflow/shared';
+import type { InflightBytes } from '../work/limits.js';
 
 export interface TransferStart { committedSeq: number; resumeAfter: string[] | null }
 export interface OutBatch { data: Buffer; rows: number; firstKey: (string | null)[]; lastKey: (string | null)[] }
@@ -17,8 +18,11 @@ export class TransferSender {
   #final!: Promise<pb.TransferAck__Output>;
   #seq = 0;
   #blockedSince = 0;
+  /** Send time and size of each unacknowledged batch: commit latency for the batch sizer, bytes for the cap. */
+  #pending = new Map<number, { at: number; bytes: number }>();
 
-  constructor(client: pb.AgentServiceClient, private window: number, private log: Logger, private onAck: (a: pb.TransferAck__Output) => void) {
+  constructor(client: pb.AgentServiceClient, private window: number, private log: Logger,
+    private onAck: (a: pb.TransferAck__Output, latencyMs: number) => void, private inflight?: InflightBytes) {
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
     this.#call = client.Transfer(md);
@@ -46,8 +50,10 @@ export class TransferSender {
     }
     this.#blockedSince = 0;
     if (this.#failure) throw this.#failure;
+    await this.inflight?.acquire(b.data.length);
     this.#inflight++;
     const seq = ++this.#seq;
+    this.#pending.set(seq, { at: Date.now(), bytes: b.data.length });
     this.log.debug({ seq, rows: b.rows, bytes: b.data.length }, 'sending batch');
     const ok = this.#call.write({ batch: { seq, data: b.data, rows: b.rows, first_key: { values: b.firstKey as string[] }, last_key: { values: b.lastKey as string[] } } });
     if (!ok) await once(this.#call, 'drain');
@@ -63,6 +69,8 @@ export class TransferSender {
   }
 
   cancel(): void {
+    for (const p of this.#pending.values()) this.inflight?.release(p.bytes);
+    this.#pending.clear();
     this.#call.cancel();
   }
 
@@ -82,7 +90,10 @@ export class TransferSender {
         if (!ack) throw new SyncflowError(ErrorKind.Unavailable, 'target agent closed the Transfer stream early', { retryable: true });
         if (ack.final) return ack;
         this.#inflight--;
-        this.onAck(ack);
+        const sent = this.#pending.get(Number(ack.seq));
+        this.#pending.delete(Number(ack.seq));
+        if (sent) this.inflight?.release(sent.bytes);
+        this.onAck(ack, sent ? Date.now() - sent.at : 0);
         this.#waiters.shift()?.();
       }
     } catch (e) {

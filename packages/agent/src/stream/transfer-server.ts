@@ -33,7 +33,7 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
     key: { columns: header.key_columns, types: [] },
   };
   if (!header.target) throw invalidArgument('Transfer header has no target connection');
-  const { sql } = pools.get(header.target);
+  const { sql, limiter } = pools.get(header.target);
   spec.key = { columns: header.key_columns, types: await keyTypes(sql, spec) };
   const tlog = log.child({ job: spec.jobId, task: spec.taskId, table: `${spec.schema}.${spec.table}` });
 
@@ -56,6 +56,7 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
       if (msg.batch) {
         const b = msg.batch;
         tlog.debug({ seq: b.seq, rows: b.rows, bytes: b.data.length }, 'applying batch');
+        await limiter.take(Number(b.rows), b.data.length);
         const lastKey = b.last_key?.values.length ? b.last_key.values : null;
         const r = await applyBatch(sql, spec, {
           seq: Number(b.seq), data: b.data, rows: Number(b.rows),

@@ -1,11 +1,12 @@
 import {
   applyMethodToProto, publishEvent, withSpan, extractContext, SpanKind, SyncflowError, ErrorKind,
-  type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb,
+  BatchSizer, type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb,
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { readTable } from '../read/table-reader.js';
 import { TransferSender } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
+import type { JobLimiters, InflightBytes } from './limits.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -16,6 +17,8 @@ export interface TaskDeps {
   registry: AgentRegistry;
   clients: AgentClients;
   creditWindow: number;
+  limiters: JobLimiters;
+  inflight: InflightBytes;
   log: Logger;
 }
 
@@ -33,13 +36,18 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
 
   return withSpan('sync table', { 'syncflow.job': task.job_id, 'syncflow.task': task.task_id, 'db.sql.table': `${task.schema}.${task.table}` }, async (span) => {
     const target = await deps.registry.pick(task.target.group);
-    const sender = new TransferSender(deps.clients.get(target.address), deps.creditWindow, tlog, onAck);
+    const sender = new TransferSender(deps.clients.get(target.address), deps.creditWindow, tlog, onAck, deps.inflight);
+    const limiter = await deps.limiters.get(task.job_id);
+    // Keyed tables adapt their batch size to the target's commit latency; keyless ones keep a fixed size,
+    // because resuming them re-reads the same batches.
+    const sizer = task.key_columns.length ? new BatchSizer(64 * 1024, task.batch_bytes) : undefined;
     const { sql } = deps.pools.get(task.source);
     let rows = 0, bytes = 0, batches = 0, inserted = 0, updated = 0, marked = 0, duplicates = 0;
     let lastCheckpoint = 0;
     let lastAck: { seq: number; key: string[] | null } = { seq: 0, key: null };
 
-    function onAck(a: { seq: string; last_key: { values: string[] } | null; rows: string; duplicate: boolean; rows_inserted: string; rows_updated: string; rows_marked_for_delete: string }) {
+    function onAck(a: pb.TransferAck__Output, latencyMs: number) {
+      sizer?.observe(latencyMs);
       lastAck = { seq: Number(a.seq), key: a.last_key?.values.length ? a.last_key.values : null };
       if (a.duplicate) duplicates++;
       inserted += Number(a.rows_inserted); updated += Number(a.rows_updated); marked += Number(a.rows_marked_for_delete);
@@ -70,10 +78,12 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         schema: task.schema, table: task.table, columns: task.columns,
         key: { columns: task.key_columns, types: task.key_types }, snapshotId: task.snapshot_id,
         resumeAfter: keyless ? null : start.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-        blocks: task.blocks, batchBytes: task.batch_bytes,
+        blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes,
       }, tlog, async (b) => {
         if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
         if (skip > 0) { skip--; return; }
+        const waited = await limiter.take(b.rows, b.data.length);
+        if (waited > 5_000) tlog.info({ waited_ms: waited }, 'reader held back by the job rate limit');
         await sender.send(b);
         rows += b.rows; bytes += b.data.length; batches++;
       });

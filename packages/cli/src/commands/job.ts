@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { intArg } from '../args.js';
+import { intArg, rateArg } from '../args.js';
 import { withClient, type Globals } from '../client.js';
 import { failureReason, printJobHeader, printTasksDetailed } from '../jobview.js';
 import {
@@ -71,6 +71,18 @@ export function registerJob(group: (name: string, description: string) => Comman
       const job = await withClient(g, (client) => client.unary('CancelJob', { id: checkId(id) }));
       if (g.json) return printJson(job);
       println(`job ${job.id} ${jobStateWord(job.state)}`);
+    });
+
+  cmd.command('rate')
+    .description('change the rate limits of a running job (0 = unlimited); agents apply them at their next batch')
+    .argument('<id>', 'job id')
+    .option('--rows <n>', 'rows per second', rateArg(false), 0)
+    .option('--bytes <size>', 'bytes per second, e.g. 20MiB', rateArg(true), 0)
+    .action(async (id: string, opts: { rows: number; bytes: number }, c: Command) => {
+      const g = c.optsWithGlobals<Globals>();
+      const job = await withClient(g, (client) => client.unary('SetJobRate', { id: checkId(id), max_rows_per_s: opts.rows, max_bytes_per_s: opts.bytes }));
+      if (g.json) return printJson(job);
+      println(`job ${job.id}: at most ${opts.rows || 'unlimited'} rows/s, ${opts.bytes || 'unlimited'} bytes/s`);
     });
 
   cmd.command('logs')

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { displayName, type pb } from '@syncflow/shared';
-import { byteSizeArg, checkName, collect, splitTables, syncMode } from '../args.js';
+import { byteSizeArg, checkName, collect, intArg, rateArg, splitTables, syncMode } from '../args.js';
 import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
 import { failureReason } from '../jobview.js';
 import { CliError, count, formatTable, humanBytes, list, methodWord, printJson, println, usageError } from '../output.js';
@@ -8,7 +8,10 @@ import { followJob } from '../progress.js';
 
 /** `sync plan` (what would happen) and `sync start` (do it, optionally following the job). */
 
-interface SpecOpts { from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string }
+interface SpecOpts {
+  from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string;
+  maxRowsPerS?: number; maxBytesPerS?: number; splitRows?: number; keepIndexes?: boolean;
+}
 
 function buildSpec(opts: SpecOpts): pb.SyncSpec {
   checkName('connection', opts.from);
@@ -20,6 +23,10 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     tables: splitTables(opts.tables),
     mode: syncMode(opts.mode),
     batch_bytes: opts.batchBytes ?? '0',
+    max_rows_per_s: opts.maxRowsPerS ?? 0,
+    max_bytes_per_s: opts.maxBytesPerS ?? 0,
+    split_rows: opts.splitRows ?? 0,
+    keep_indexes: !!opts.keepIndexes,
   };
 }
 
@@ -50,7 +57,11 @@ export function registerSync(group: (name: string, description: string) => Comma
     .requiredOption('--to <conn>', 'target connection')
     .addOption(tablesOption())
     .addOption(modeOption())
-    .option('--batch-bytes <size>', 'target size of one batch, e.g. 4MiB (default: the server\'s, 4MiB)', byteSizeArg)
+    .option('--batch-bytes <size>', 'largest batch, e.g. 4MiB (default: the server\'s, 4MiB); batches adapt below it', byteSizeArg)
+    .option('--max-rows-per-s <n>', 'rate limit of the job in rows per second (default: none; change it later with job rate)', rateArg(false))
+    .option('--max-bytes-per-s <size>', 'rate limit of the job in bytes per second, e.g. 20MiB', rateArg(true))
+    .option('--split-rows <n>', 'cut tables bigger than this many rows into parallel key ranges (default 500000; -1: never)', (v) => (v.trim() === '-1' ? -1 : intArg(1000)(v)))
+    .option('--keep-indexes', 'load empty tables with their indexes and foreign keys in place (default: set aside, rebuilt after)')
     .option('--wait', 'follow the job with live progress; exit 0 only if it completes')
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();

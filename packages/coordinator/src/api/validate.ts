@@ -22,8 +22,16 @@ export const syncSpecReq = z.object({
   mode: z.enum(['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_UPSERT', 'SYNC_MODE_MIRROR']).transform((m) => (m === 'SYNC_MODE_MIRROR' ? 'mirror' : 'upsert') as 'upsert' | 'mirror'),
   batch_bytes: z.coerce.number().int().refine((n) => n === 0 || (n >= 64 * 1024 && n <= 32 * 1024 * 1024), 'must be 0 (default) or between 64 KiB and 32 MiB'),
   keep_indexes: z.boolean(),
+  max_rows_per_s: z.number().min(0),
+  max_bytes_per_s: z.number().min(0),
   split_rows: z.coerce.number().int().refine((n) => n === -1 || n === 0 || n >= 1000, 'must be -1 (never split), 0 (default) or at least 1000'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
+
+export const setJobRateReq = z.object({
+  id: z.string().uuid('must be a job id (uuid)'),
+  max_rows_per_s: z.number().min(0),
+  max_bytes_per_s: z.number().min(0),
+});
 
 export const jobIdReq = z.object({ id: z.string().uuid('must be a job id (uuid)') });
 export const listJobsReq = z.object({ limit: z.number().int().min(0).max(1000).transform((n) => n || 50) });

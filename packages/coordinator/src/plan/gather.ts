@@ -13,6 +13,8 @@ export interface SyncRequest {
   batchBytes: number;
   splitRows: number;
   keepIndexes: boolean;
+  maxRowsPerS: number;
+  maxBytesPerS: number;
 }
 
 /**

@@ -1,5 +1,5 @@
 import {
-  isTerminalJob, toSyncflowError, scrubSecrets, type Logger, type JetStreamClient, type Names, type JobFlags, type pb,
+  isTerminalJob, toSyncflowError, scrubSecrets, type Logger, type JetStreamClient, type Names, type JobFlags, type JobRates, type pb,
 } from '@syncflow/shared';
 import type { JobStore, JobRow } from '../store/jobs.js';
 import type { ConnectionStore } from '../store/connections.js';
@@ -13,6 +13,7 @@ export interface RunnerDeps {
   js: JetStreamClient;
   names: Names;
   flags: JobFlags;
+  rates: JobRates;
   log: Logger;
 }
 

@@ -10,6 +10,8 @@ import type { RunnerDeps, JobRunner } from './advance.js';
  */
 export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncRequest): Promise<string> {
   const jobId = randomUUID();
+  // Limits are in place before the first task can be pulled.
+  if (req.maxRowsPerS || req.maxBytesPerS) await d.rates.set(jobId, { rows_per_s: req.maxRowsPerS, bytes_per_s: req.maxBytesPerS });
   return withSpan('sync job', { 'syncflow.job': jobId, 'syncflow.from': req.from.name, 'syncflow.to': req.to.name, 'syncflow.mode': req.mode }, async (span) => {
     const traceId = span.spanContext().traceId;
     const carrier = injectContext(trace.setSpan(context.active(), span));
