@@ -54,7 +54,8 @@ export class RateLimiter {
 
 /**
  * Batch size by AIMD on the target's commit latency: grow by a step while acks come back fast, halve
- * when they slow down (a busy target, a slow link), always within [min, max].
+ * when they slow down (a busy target, a slow link) or when this process's memory runs high, always
+ * within [min, max].
  */
 export class BatchSizer {
   #bytes: number;
@@ -62,8 +63,8 @@ export class BatchSizer {
     this.#bytes = Math.max(min, Math.min(max, 1 << 20));
   }
   get bytes(): number { return this.#bytes; }
-  observe(latencyMs: number): void {
-    if (latencyMs > 2 * this.targetLatencyMs) this.#bytes = Math.max(this.min, Math.floor(this.#bytes / 2));
+  observe(latencyMs: number, memoryTight = false): void {
+    if (memoryTight || latencyMs > 2 * this.targetLatencyMs) this.#bytes = Math.max(this.min, Math.floor(this.#bytes / 2));
     else if (latencyMs < this.targetLatencyMs) this.#bytes = Math.min(this.max, this.#bytes + Math.max(this.min, this.max >> 4));
   }
 }

@@ -22,6 +22,9 @@ export interface TaskDeps {
   log: Logger;
 }
 
+/** Above this resident size the batch sizer backs off (agents are meant to stay well under 300 MB). */
+const MEMORY_TIGHT_BYTES = 200 * 1024 * 1024;
+
 export interface TaskOutcome { rows: number; bytes: number; batches: number }
 
 /**
@@ -47,7 +50,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
     let lastAck: { seq: number; key: string[] | null } = { seq: 0, key: null };
 
     function onAck(a: pb.TransferAck__Output, latencyMs: number) {
-      sizer?.observe(latencyMs);
+      sizer?.observe(latencyMs, process.memoryUsage.rss() > MEMORY_TIGHT_BYTES);
       lastAck = { seq: Number(a.seq), key: a.last_key?.values.length ? a.last_key.values : null };
       if (a.duplicate) duplicates++;
       inserted += Number(a.rows_inserted); updated += Number(a.rows_updated); marked += Number(a.rows_marked_for_delete);
