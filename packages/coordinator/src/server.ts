@@ -7,6 +7,7 @@ import { renderConnection, renderJob } from './api/render.js';
 import { gatherAndPlan } from './plan/gather.js';
 import { startJob } from './run/start.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
+import { reliabilityService } from './api/reliability.js';
 
 /** Binds SyncService: authenticate, validate, delegate. No logic of its own. */
 export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, apiToken: string | undefined, log: Logger): pb.SyncServiceHandlers {
@@ -17,7 +18,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES };
+    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, maxAttempts: s.max_attempts, timeoutSeconds: s.timeout_seconds };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 
@@ -54,6 +55,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       const rows = await d.jobs.logs(id);
       return { entries: rows.map((r) => ({ at: r.at, level: r.level, task_id: r.task_id ?? '', message: r.message })) };
     }),
+    ...reliabilityService(d, runner, authed),
     WatchJob: (call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>) => {
       watch(call, d, apiToken, jobView).catch((e) => call.emit('error', toGrpcError(e)));
     },

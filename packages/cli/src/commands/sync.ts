@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { displayName, type pb } from '@syncflow/shared';
-import { byteSizeArg, checkName, collect, splitTables, syncMode } from '../args.js';
+import { byteSizeArg, checkName, collect, intArg, splitTables, syncMode } from '../args.js';
 import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
 import { failureReason } from '../jobview.js';
 import { CliError, count, formatTable, humanBytes, list, methodWord, printJson, println, usageError } from '../output.js';
@@ -8,7 +8,7 @@ import { followJob } from '../progress.js';
 
 /** `sync plan` (what would happen) and `sync start` (do it, optionally following the job). */
 
-interface SpecOpts { from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string }
+interface SpecOpts { from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string; maxAttempts?: number; jobTimeout?: number }
 
 function buildSpec(opts: SpecOpts): pb.SyncSpec {
   checkName('connection', opts.from);
@@ -20,6 +20,8 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     tables: splitTables(opts.tables),
     mode: syncMode(opts.mode),
     batch_bytes: opts.batchBytes ?? '0',
+    max_attempts: opts.maxAttempts ?? 0,
+    timeout_seconds: String(opts.jobTimeout ?? 0),
   };
 }
 
@@ -51,6 +53,8 @@ export function registerSync(group: (name: string, description: string) => Comma
     .addOption(tablesOption())
     .addOption(modeOption())
     .option('--batch-bytes <size>', 'target size of one batch, e.g. 4MiB (default: the server\'s, 4MiB)', byteSizeArg)
+    .option('--max-attempts <n>', 'tries per table before it is dead-lettered (default 3)', intArg(1, 100))
+    .option('--job-timeout <seconds>', 'cancel the job if it runs longer than this (default: no limit)', intArg(1, 30 * 24 * 3600))
     .option('--wait', 'follow the job with live progress; exit 0 only if it completes')
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();

@@ -10,6 +10,10 @@ export interface SyncRequest {
   tables: string[];
   mode: 'upsert' | 'mirror';
   batchBytes: number;
+  /** Tries per table before it is dead-lettered (default 3). */
+  maxAttempts?: number;
+  /** The job is cancelled after this many seconds (0 = never). */
+  timeoutSeconds?: number;
 }
 
 /**

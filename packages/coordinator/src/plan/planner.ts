@@ -98,7 +98,7 @@ export function planSync(input: PlanInput): Planned {
       message: {
         v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
         schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
-        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace,
+        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own (start.ts)
       },
     });
   });
