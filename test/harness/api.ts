@@ -18,7 +18,7 @@ export class Api {
       return grpc.status[(e as grpc.ServiceError).code] ?? String((e as grpc.ServiceError).code);
     }
   }
-  async waitJob(id: string, timeoutMs = 120_000): Promise<pb.Job__Output> {
+  async waitJob(id: string, timeoutMs = 240_000): Promise<pb.Job__Output> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const job = await this.call<pb.Job__Output>('GetJob', { id });

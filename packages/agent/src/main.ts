@@ -19,8 +19,11 @@ async function main(): Promise<void> {
   const n = nameSpace(cfg.SYNCFLOW_NAMESPACE);
   const tls = { cert: cfg.SYNCFLOW_TLS_CERT, key: cfg.SYNCFLOW_TLS_KEY, ca: cfg.SYNCFLOW_TLS_CA };
 
-  const pools = new Pools(sealer, cfg.SYNCFLOW_DB_POOL_MAX, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log,
-    { rowsPerS: cfg.SYNCFLOW_DB_MAX_ROWS_PER_S, bytesPerS: cfg.SYNCFLOW_DB_MAX_BYTES_PER_S });
+  const pools = new Pools(sealer, {
+    max: cfg.SYNCFLOW_DB_POOL_MAX, idleTimeoutS: cfg.SYNCFLOW_DB_IDLE_TIMEOUT_S,
+    breaker: { threshold: cfg.SYNCFLOW_BREAKER_THRESHOLD, cooldownMs: cfg.SYNCFLOW_BREAKER_COOLDOWN_MS },
+    writeLimit: { rowsPerS: cfg.SYNCFLOW_DB_MAX_ROWS_PER_S, bytesPerS: cfg.SYNCFLOW_DB_MAX_BYTES_PER_S },
+  }, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
   const snapshots = new SnapshotHolder(log);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log));

@@ -1,29 +1,55 @@
 import { createHash } from 'node:crypto';
 import { createPool, describeDatabase, toSyncflowError, RateLimiter, type Sql, type Sealer, type Logger, type pb } from '@syncflow/shared';
+import { Breaker, type BreakerOptions } from './breaker.js';
+
+export interface PoolSettings {
+  max: number;
+  idleTimeoutS: number;
+  breaker: BreakerOptions;
+  /** What this agent writes into each database, at most (SYNCFLOW_DB_MAX_*; 0 = no limit). */
+  writeLimit: { rowsPerS: number; bytesPerS: number };
+}
+type PoolEntry = { sql: Sql; db: string; breaker: Breaker; limiter: RateLimiter };
 
 /**
  * One bounded pool per database this agent talks to, keyed by a hash of the URL (the URL itself
- * is never kept in a log or a map key). Sealed URLs arrive with each task and RPC.
+ * is never kept in a log or a map key), each behind its own circuit breaker. Sealed URLs arrive
+ * with each task and RPC. An agent opens at most `max` connections to one database through its
+ * pools; a job's snapshot holder (source side) opens one more of its own (see docs/reliability.md).
  */
 export class Pools {
-  readonly #pools = new Map<string, { sql: Sql; db: string; limiter: RateLimiter }>();
-  constructor(private sealer: Sealer, private max: number, private appName: string, private log: Logger,
-    private writeLimit = { rowsPerS: 0, bytesPerS: 0 }) {}
+  readonly #pools = new Map<string, PoolEntry>();
+  constructor(private sealer: Sealer, private settings: PoolSettings, private appName: string, private log: Logger) {}
+
+  private get max(): number { return this.settings.max; }
 
   /** The pool for a sealed connection; opening it checks nothing (the first query does). */
-  get(conn: pb.SealedConnection__Output | { name: string; sealed_url: string }): { sql: Sql; db: string; url: string; limiter: RateLimiter } {
+  get(conn: pb.SealedConnection__Output | { name: string; sealed_url: string }): PoolEntry & { url: string } {
     const url = this.sealer.open(conn.sealed_url);
     const id = createHash('sha256').update(url).digest('hex');
     let p = this.#pools.get(id);
     if (!p) {
-      // The limiter throttles what this agent writes into the database (SYNCFLOW_DB_MAX_*), whatever the job.
+      const db = describeDatabase(url);
       const limiter = new RateLimiter();
-      limiter.set(this.writeLimit.rowsPerS, this.writeLimit.bytesPerS);
-      p = { sql: createPool(url, { max: this.max, applicationName: this.appName }), db: describeDatabase(url), limiter };
+      limiter.set(this.settings.writeLimit.rowsPerS, this.settings.writeLimit.bytesPerS);
+      p = {
+        sql: createPool(url, { max: this.max, idleTimeoutS: this.settings.idleTimeoutS, applicationName: this.appName }),
+        db, breaker: new Breaker(this.settings.breaker, this.log, db), limiter,
+      };
       this.#pools.set(id, p);
       this.log.info({ connection: conn.name, database: p.db, max: this.max }, 'opened database pool');
     }
     return { ...p, url };
+  }
+
+  /**
+   * The pool after its breaker allows work: refuses at once (circuit_open, retryable) while the
+   * database is known to be down; when the cooldown is over, one `SELECT 1` probes it.
+   */
+  async guarded(conn: pb.SealedConnection__Output | { name: string; sealed_url: string }): Promise<PoolEntry & { url: string }> {
+    const p = this.get(conn);
+    await p.breaker.guard(() => p.sql`SELECT 1`);
+    return p;
   }
 
   async closeAll(): Promise<void> {

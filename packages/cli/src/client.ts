@@ -52,6 +52,11 @@ interface Unary {
   ListJobs: [pb.ListJobsRequest, pb.ListJobsResponse__Output];
   CancelJob: [pb.GetJobRequest, pb.Job__Output];
   GetJobLogs: [pb.GetJobRequest, pb.JobLogs__Output];
+  RetryJob: [pb.RetryJobRequest, pb.Job__Output];
+  ListDeadLetters: [pb.ListDeadLettersRequest, pb.ListDeadLettersResponse__Output];
+  RetryDeadLetter: [pb.RetryDeadLetterRequest, pb.Job__Output];
+  PauseJob: [pb.GetJobRequest, pb.Job__Output];
+  ResumeJob: [pb.GetJobRequest, pb.Job__Output];
   SetJobRate: [pb.SetJobRateRequest, pb.Job__Output];
 }
 export type UnaryMethod = keyof Unary;

@@ -6,7 +6,7 @@ import {
 
 /** Static renderings of a job (header, tasks, totals), shared by `job show`, `job watch` and `sync start --wait`. */
 
-export const TERMINAL_JOB_STATES: ReadonlySet<string> = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
+export const TERMINAL_JOB_STATES: ReadonlySet<string> = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED', 'JOB_STATE_COMPLETED_WITH_ERRORS']);
 export const isTerminal = (job: pb.Job__Output) => TERMINAL_JOB_STATES.has(job.state);
 
 export const taskName = (t: pb.TaskInfo__Output) => displayName(t.schema, t.table);

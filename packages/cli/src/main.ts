@@ -5,6 +5,7 @@ import { intArg } from './args.js';
 import { DEFAULT_COORDINATOR } from './client.js';
 import { registerConnection } from './commands/connection.js';
 import { registerJob } from './commands/job.js';
+import { registerDlq } from './commands/dlq.js';
 import { registerLocal } from './commands/local.js';
 import { registerSync } from './commands/sync.js';
 import { oneLine, reportError, usageError } from './output.js';
@@ -76,6 +77,7 @@ export function buildProgram(): Command {
   registerConnection(group);
   registerSync(group);
   registerJob(group);
+  registerDlq(group);
   registerLocal(group);
   // leaf commands take exactly their declared arguments
   for (const g of program.commands) for (const c of g.commands) c.allowExcessArguments(false);

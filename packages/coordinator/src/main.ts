@@ -10,6 +10,10 @@ import { AgentLink } from './agents.js';
 import { JobRunner } from './run/advance.js';
 import { EventConsumer } from './events/consume.js';
 import { syncService } from './server.js';
+import { DeadLetterStore } from './store/dead-letters.js';
+import { Metrics } from './alerts/metrics.js';
+import { Alerts } from './alerts/webhook.js';
+import { startTimeoutSweep } from './run/control.js';
 
 async function main(): Promise<void> {
   const cfg = parseEnv(coordinatorEnv);
@@ -30,10 +34,17 @@ async function main(): Promise<void> {
   const flags = await JobFlags.open(nc, n);
   const rates = await JobRates.open(nc, n);
   const agents = new AgentLink(registry, tls);
-  const deps = { jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, rates, log };
+  const metrics = new Metrics();
+  if (cfg.SYNCFLOW_METRICS_LISTEN !== 'off') await metrics.listen(cfg.SYNCFLOW_METRICS_LISTEN, log);
+  const alerts = new Alerts({ url: cfg.SYNCFLOW_ALERT_WEBHOOK_URL, secret: cfg.SYNCFLOW_ALERT_WEBHOOK_SECRET }, metrics, log);
+  const deps = {
+    jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, rates, log,
+    deadLetters: new DeadLetterStore(sql), metrics, alerts,
+  };
   const runner = new JobRunner(deps);
-  const events = new EventConsumer(js, n, deps.jobs, runner, log);
+  const events = new EventConsumer(js, n, deps.jobs, runner, log, deps);
   events.start();
+  const stopSweep = startTimeoutSweep(sql, runner, deps);
 
   const { server, health } = createServer(['syncflow.v1.SyncService']);
   server.addService(loadProtos().proto.syncflow.v1.SyncService.service, syncService(deps, runner, sealer, cfg.SYNCFLOW_API_TOKEN, log));
@@ -42,7 +53,7 @@ async function main(): Promise<void> {
   // Rebuild the view after a restart: every unfinished job is moved on from what the control DB says.
   for (const job of await deps.jobs.active()) {
     if (job.state === 'pending') await runner.fail(job, 'the coordinator stopped while the job was being prepared');
-    else void runner.advance(job.id);
+    else if (job.state === 'running') void runner.advance(job.id);
   }
   log.info({ address: `${cfg.SYNCFLOW_LISTEN.replace(/:\d+$/, '')}:${port}`, namespace: cfg.SYNCFLOW_NAMESPACE, key: sealer.fingerprint(), auth: Boolean(cfg.SYNCFLOW_API_TOKEN) }, 'coordinator listening');
 
@@ -52,6 +63,8 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'coordinator stopping');
     health.setStatus('', 'NOT_SERVING');
+    stopSweep();
+    metrics.close();
     await new Promise<void>((r) => server.tryShutdown(() => r()));
     await events.stop();
     agents.close();

@@ -8,6 +8,7 @@ import { gatherAndPlan } from './plan/gather.js';
 import { DEFAULT_SPLIT_ROWS } from './plan/split.js';
 import { startJob } from './run/start.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
+import { reliabilityService } from './api/reliability.js';
 
 /** Binds SyncService: authenticate, validate, delegate. No logic of its own. */
 export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, apiToken: string | undefined, log: Logger): pb.SyncServiceHandlers {
@@ -18,8 +19,10 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes,
-      maxRowsPerS: s.max_rows_per_s, maxBytesPerS: s.max_bytes_per_s };
+    return {
+      from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, maxAttempts: s.max_attempts, timeoutSeconds: s.timeout_seconds,
+      splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes, maxRowsPerS: s.max_rows_per_s, maxBytesPerS: s.max_bytes_per_s,
+    };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 
@@ -56,6 +59,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       const rows = await d.jobs.logs(id);
       return { entries: rows.map((r) => ({ at: r.at, level: r.level, task_id: r.task_id ?? '', message: r.message })) };
     }),
+    ...reliabilityService(d, runner, authed),
     SetJobRate: authed(async (raw: pb.SetJobRateRequest__Output) => {
       const r = parseReq(setJobRateReq, raw);
       const job = await d.jobs.get(r.id);

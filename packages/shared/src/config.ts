@@ -34,6 +34,12 @@ export const coordinatorEnv = z.object({
   SYNCFLOW_API_TOKEN: z.string().min(16).optional(),
   /** Control DB pool size. */
   SYNCFLOW_CONTROL_DB_POOL: z.coerce.number().int().min(1).max(100).default(5),
+  /** Prometheus text endpoint (GET /metrics); "off" disables it. */
+  SYNCFLOW_METRICS_LISTEN: z.union([hostPort, z.literal('off')]).default('127.0.0.1:9464'),
+  /** Alerts (dead letters, failed jobs) are POSTed here as JSON; unset = no webhook. */
+  SYNCFLOW_ALERT_WEBHOOK_URL: z.string().url().optional(),
+  /** HMAC-SHA256 key: header x-syncflow-signature: sha256=<hex of the body>. */
+  SYNCFLOW_ALERT_WEBHOOK_SECRET: z.string().min(1).optional(),
 });
 export type CoordinatorConfig = Readonly<z.infer<typeof coordinatorEnv>>;
 
@@ -48,6 +54,12 @@ export const agentEnv = z.object({
   SYNCFLOW_ADVERTISE: hostPort.optional(),
   /** Max connections this agent opens to one database. */
   SYNCFLOW_DB_POOL_MAX: z.coerce.number().int().min(2).max(200).default(6),
+  /** Seconds an unused pooled connection stays open. */
+  SYNCFLOW_DB_IDLE_TIMEOUT_S: z.coerce.number().int().min(1).max(86_400).default(30),
+  /** Consecutive connection-level failures that open a database's circuit breaker. */
+  SYNCFLOW_BREAKER_THRESHOLD: z.coerce.number().int().min(1).max(1000).default(3),
+  /** How long an open breaker refuses work before one probe is let through (doubles up to 60 s while probes fail). */
+  SYNCFLOW_BREAKER_COOLDOWN_MS: z.coerce.number().int().min(100).max(600_000).default(2_000),
   /** Tasks this agent works on at once. */
   SYNCFLOW_AGENT_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(2),
   /** Batches in flight on one Transfer stream (credit window). */

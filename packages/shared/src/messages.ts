@@ -37,11 +37,13 @@ export const taskMessage = z.object({
   range: z.object({ after: key.nullable(), upto: key.nullable() }).nullable().default(null),
   blocks: z.object({ from: z.number().int().min(0), to: z.number().int().nullable() }).nullable().default(null),
   trace: z.record(z.string(), z.string()).default({}),
+  /** Tries of this task before a failure is final (dead letter); retryable errors only. */
+  max_attempts: z.number().int().min(1).max(100).default(3),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 
 export const EventType = {
-  Started: 'started', Checkpoint: 'checkpoint', Log: 'log', Done: 'done', Failed: 'failed',
+  Started: 'started', Checkpoint: 'checkpoint', Log: 'log', Done: 'done', Failed: 'failed', Paused: 'paused',
 } as const;
 export type EventType = (typeof EventType)[keyof typeof EventType];
 
@@ -59,6 +61,8 @@ export const eventMessage = z.discriminatedUnion('type', [
     marked_for_delete: z.number().int(), duplicates: z.number().int() }),
   z.object({ type: z.literal('failed'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(),
     error: errorInfo, final: z.boolean(), delivery: z.number().int() }),
+  /** The task stopped for a pause after its last committed batch; its message was terminated (republished on resume). */
+  z.object({ type: z.literal('paused'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(), delivery: z.number().int() }),
 ]);
 export type EventMessage = z.infer<typeof eventMessage>;
 

@@ -56,9 +56,10 @@ export class AgentRegistry {
   }
 }
 
-/** Job states that agents must react to (cancel), in a KV bucket they watch. */
+/** Job states that agents must react to (cancel, pause), in a KV bucket they watch. */
 export class JobFlags {
   readonly #cancelled = new Set<string>();
+  readonly #paused = new Set<string>();
   private constructor(private kv: KV) {}
 
   static async open(nc: NatsConnection, n: Names): Promise<JobFlags> {
@@ -75,6 +76,8 @@ export class JobFlags {
     (async () => {
       for await (const e of w) {
         if (e.operation === 'PUT' && e.string() === 'cancelled') this.#cancelled.add(e.key);
+        if (e.operation === 'PUT' && e.string() === 'paused') this.#paused.add(e.key);
+        else this.#paused.delete(e.key);
       }
     })().catch(() => undefined);
   }
@@ -83,5 +86,11 @@ export class JobFlags {
     if (this.#cancelled.has(jobId)) return true;
     const e = await this.kv.get(jobId).catch(() => null);
     return e?.operation === 'PUT' && e.string() === 'cancelled';
+  }
+
+  /** Paused jobs: their tasks stop after the current batch (the watch keeps this current). */
+  async isPaused(jobId: string): Promise<boolean> {
+    if (this.#paused.has(jobId)) return true;
+    return false;
   }
 }

@@ -7,6 +7,10 @@ export const JobState = {
   Completed: 'completed',
   Failed: 'failed',
   Cancelled: 'cancelled',
+  /** Every table ended, some failed (dead-lettered): retryable with `job retry --failed`. */
+  CompletedWithErrors: 'completed_with_errors',
+  /** Stopped by the operator after the running batches; resume continues from the checkpoints. */
+  Paused: 'paused',
 } as const;
 export type JobState = (typeof JobState)[keyof typeof JobState];
 
@@ -17,29 +21,40 @@ export const TaskState = {
   Done: 'done',
   Failed: 'failed',
   Cancelled: 'cancelled',
+  /** A parent table failed: this one cannot run (its rows would break the FK) until the parent is retried. */
+  Blocked: 'blocked',
 } as const;
 export type TaskState = (typeof TaskState)[keyof typeof TaskState];
 
 const JOB_TRANSITIONS: Record<JobState, readonly JobState[]> = {
   pending: ['running', 'failed', 'cancelled'],
-  running: ['completed', 'failed', 'cancelled'],
+  running: ['completed', 'completed_with_errors', 'failed', 'cancelled', 'paused'],
+  paused: ['running', 'cancelled', 'failed'],
   completed: [],
-  failed: [],
+  // failed / completed_with_errors → running: `job retry --failed` or `dlq retry` re-runs what failed
+  completed_with_errors: ['running'],
+  failed: ['running'],
   cancelled: [],
 };
+/** States a job ends in (a retry may still move failed ones back to running). */
+const JOB_ENDED: ReadonlySet<JobState> = new Set(['completed', 'completed_with_errors', 'failed', 'cancelled']);
 
 const TASK_TRANSITIONS: Record<TaskState, readonly TaskState[]> = {
-  pending: ['queued', 'cancelled', 'failed'],
-  queued: ['running', 'cancelled', 'failed', 'done'],
+  pending: ['queued', 'cancelled', 'failed', 'blocked'],
+  queued: ['running', 'cancelled', 'failed', 'done', 'pending', 'blocked'],
   // running → queued: the agent died and JetStream redelivers the task
-  running: ['done', 'failed', 'cancelled', 'queued', 'running'],
+  // running → pending: paused, republished on resume
+  running: ['done', 'failed', 'cancelled', 'queued', 'running', 'pending', 'blocked'],
   done: [],
-  failed: [],
+  // failed / blocked → pending: retried (job retry --failed, dlq retry)
+  failed: ['pending'],
+  blocked: ['pending', 'cancelled'],
   cancelled: [],
 };
+const TASK_ENDED: ReadonlySet<TaskState> = new Set(['done', 'failed', 'cancelled', 'blocked']);
 
-export const isTerminalJob = (s: JobState) => JOB_TRANSITIONS[s].length === 0;
-export const isTerminalTask = (s: TaskState) => TASK_TRANSITIONS[s].length === 0;
+export const isTerminalJob = (s: JobState) => JOB_ENDED.has(s);
+export const isTerminalTask = (s: TaskState) => TASK_ENDED.has(s);
 
 export function canMoveJob(from: JobState, to: JobState): boolean {
   return JOB_TRANSITIONS[from].includes(to);

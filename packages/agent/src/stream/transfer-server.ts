@@ -1,10 +1,11 @@
 import {
   grpc, toGrpcError, toSyncflowError, invalidArgument, applyMethodFromProto, extractContext, withSpan, SpanKind,
-  type Logger, type pb, type Sql,
+  type Logger, type pb, type Sql, type RateLimiter,
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
 import { ensureTargetSchema, ledgerPosition } from '../apply/ledger.js';
+import { restartTask } from '../apply/restart.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
 
@@ -33,16 +34,32 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
     key: { columns: header.key_columns, types: [] },
   };
   if (!header.target) throw invalidArgument('Transfer header has no target connection');
-  const { sql, limiter } = pools.get(header.target);
+  const pool = await pools.guarded(header.target);
+  try {
+    await serveTable(call, it, pool.sql, pool.limiter, spec, header, log);
+    pool.breaker.success();
+  } catch (e) {
+    pool.breaker.failure(e);
+    throw e;
+  }
+}
+
+async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, sql: Sql, limiter: RateLimiter, spec: ApplySpec,
+  header: pb.TransferHeader__Output, log: Logger): Promise<void> {
   spec.key = { columns: header.key_columns, types: await keyTypes(sql, spec) };
   const tlog = log.child({ job: spec.jobId, task: spec.taskId, table: `${spec.schema}.${spec.table}` });
 
   await withSpan('apply table', { 'syncflow.job': spec.jobId, 'syncflow.task': spec.taskId, 'db.sql.table': `${spec.schema}.${spec.table}` }, async (span) => {
-    const pos = await ledgerPosition(sql, spec.jobId, spec.taskId).catch(async (e) => {
+    let pos = await ledgerPosition(sql, spec.jobId, spec.taskId).catch(async (e) => {
       if (toSyncflowError(e).code !== '42P01') throw e;
       await ensureTargetSchema(sql);
       return ledgerPosition(sql, spec.jobId, spec.taskId);
     });
+    if (header.restart) {
+      await restartTask(sql, spec);
+      tlog.warn({ earlier_batches: pos.seq }, 'keyless table restarted: rows of earlier attempts deleted with their ledger rows');
+      pos = { seq: 0, lastKey: null };
+    }
     call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null });
     if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
     // Mirror marks start at the range's lower end (or the last committed key) and end at its upper end.

@@ -1,5 +1,5 @@
 import {
-  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer,
+  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer, retry, SyncflowError, ErrorKind,
   type Names, type JetStreamClient, type JetStreamManager, type Logger,
 } from '@syncflow/shared';
 import type { JsMsg } from '@nats-io/jetstream';
@@ -67,6 +67,11 @@ export class TaskConsumer {
       m.term('job cancelled');
       return;
     }
+    if (await this.deps.flags.isPaused(task.job_id)) {
+      await this.#paused(task, delivery);
+      m.term('job paused'); // republished on resume
+      return;
+    }
     const ctrl = new AbortController();
     this.#active.set(`${task.task_id}:${delivery}`, ctrl);
     const keepAlive = setInterval(() => m.working(), Math.max(1000, Math.floor(this.opts.ackWaitMs / 3)));
@@ -76,9 +81,17 @@ export class TaskConsumer {
     } catch (e) {
       const err = toSyncflowError(e);
       const cancelled = err.kind === 'cancelled' || ctrl.signal.aborted;
-      const retry = !cancelled && err.retryable && delivery < this.opts.maxDeliver;
+      // The job's own budget (max_attempts), capped by the consumer's max_deliver (JetStream stops there).
+      const attempts = Math.min(task.max_attempts, this.opts.maxDeliver);
+      const retry = !cancelled && err.retryable && delivery < attempts;
       log[retry ? 'warn' : 'error']({ job: task.job_id, task: task.task_id, code: err.code, retryable: err.retryable, delivery, err: err.message }, 'task failed');
       if (this.#stopping) { m.nak(); return; } // shutting down: another agent takes it now, from its checkpoint
+      if (err.code === 'paused') {
+        // Stopped after a committed batch; the coordinator republishes the task on resume.
+        await this.#paused(task, delivery);
+        m.term('job paused');
+        return;
+      }
       if (cancelled) { m.term('job cancelled'); return; }
       await publishEvent(js, names, {
         type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
@@ -91,5 +104,12 @@ export class TaskConsumer {
       this.#active.delete(`${task.task_id}:${delivery}`);
     }
   }
-}
 
+  /** Tells the coordinator the task stopped for a pause (it republishes it on resume). */
+  async #paused(task: { job_id: string; task_id: string }, delivery: number): Promise<void> {
+    await retry(() => publishEvent(this.deps.js, this.deps.names, { type: 'paused', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId,
+      at: new Date().toISOString(), delivery }, `${task.task_id}:paused:${delivery}`).catch((e) => {
+      throw new SyncflowError(ErrorKind.Unavailable, (e as Error).message, { retryable: true });
+    }), { attempts: 10, baseMs: 250, maxMs: 3_000 }).catch((e) => this.deps.log.warn({ err: (e as Error).message }, 'paused event not published'));
+  }
+}

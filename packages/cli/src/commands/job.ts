@@ -7,7 +7,7 @@ import {
 } from '../output.js';
 import { followJob } from '../progress.js';
 
-/** `job show|list|watch|cancel|logs`. */
+/** `job show|list|watch|cancel|logs|pause|resume|retry`. */
 
 function checkId(id: string): string {
   const v = id.trim();
@@ -99,5 +99,29 @@ export function registerJob(group: (name: string, description: string) => Comman
         const task = e.task_id ? ` [${e.task_id}]` : '';
         println(`${e.at} ${e.level.padEnd(lw)}${task} ${oneLine(e.message)}`);
       }
+    });
+
+  const control = (name: 'pause' | 'resume', rpc: 'PauseJob' | 'ResumeJob', description: string) =>
+    cmd.command(name)
+      .description(description)
+      .argument('<id>', 'job id')
+      .action(async (id: string, _opts: unknown, c: Command) => {
+        const g = c.optsWithGlobals<Globals>();
+        const job = await withClient(g, (client) => client.unary(rpc, { id: checkId(id) }));
+        if (g.json) return printJson(job);
+        println(`job ${job.id} ${jobStateWord(job.state)}`);
+      });
+  control('pause', 'PauseJob', 'pause a job: running tables stop after their current batch, their checkpoints kept');
+  control('resume', 'ResumeJob', 'resume a paused job from its checkpoints');
+
+  cmd.command('retry')
+    .description('re-run the tables of a job that failed (and those they blocked), from their checkpoints')
+    .argument('<id>', 'job id')
+    .option('--failed', 'only what failed (the default and only mode)')
+    .action(async (id: string, _opts: { failed?: boolean }, c: Command) => {
+      const g = c.optsWithGlobals<Globals>();
+      const job = await withClient(g, (client) => client.unary('RetryJob', { id: checkId(id), failed_only: true }));
+      if (g.json) return printJson(job);
+      println(`job ${job.id} ${jobStateWord(job.state)}: failed tables queued again`);
     });
 }

@@ -9,7 +9,7 @@ import { followJob } from '../progress.js';
 /** `sync plan` (what would happen) and `sync start` (do it, optionally following the job). */
 
 interface SpecOpts {
-  from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string;
+  from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string; maxAttempts?: number; jobTimeout?: number;
   maxRowsPerS?: number; maxBytesPerS?: number; splitRows?: number; keepIndexes?: boolean;
 }
 
@@ -23,6 +23,8 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     tables: splitTables(opts.tables),
     mode: syncMode(opts.mode),
     batch_bytes: opts.batchBytes ?? '0',
+    max_attempts: opts.maxAttempts ?? 0,
+    timeout_seconds: String(opts.jobTimeout ?? 0),
     max_rows_per_s: opts.maxRowsPerS ?? 0,
     max_bytes_per_s: opts.maxBytesPerS ?? 0,
     split_rows: opts.splitRows ?? 0,
@@ -62,6 +64,8 @@ export function registerSync(group: (name: string, description: string) => Comma
     .option('--max-bytes-per-s <size>', 'rate limit of the job in bytes per second, e.g. 20MiB', rateArg(true))
     .option('--split-rows <n>', 'cut tables bigger than this many rows into parallel key ranges (default 500000; -1: never)', (v) => (v.trim() === '-1' ? -1 : intArg(1000)(v)))
     .option('--keep-indexes', 'load empty tables with their indexes and foreign keys in place (default: set aside, rebuilt after)')
+    .option('--max-attempts <n>', 'tries per table before it is dead-lettered (default 3)', intArg(1, 100))
+    .option('--job-timeout <seconds>', 'cancel the job if it runs longer than this (default: no limit)', intArg(1, 30 * 24 * 3600))
     .option('--wait', 'follow the job with live progress; exit 0 only if it completes')
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();

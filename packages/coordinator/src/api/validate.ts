@@ -21,6 +21,8 @@ export const syncSpecReq = z.object({
   tables: z.array(z.string().min(1).max(300)).max(10_000),
   mode: z.enum(['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_UPSERT', 'SYNC_MODE_MIRROR']).transform((m) => (m === 'SYNC_MODE_MIRROR' ? 'mirror' : 'upsert') as 'upsert' | 'mirror'),
   batch_bytes: z.coerce.number().int().refine((n) => n === 0 || (n >= 64 * 1024 && n <= 32 * 1024 * 1024), 'must be 0 (default) or between 64 KiB and 32 MiB'),
+  max_attempts: z.coerce.number().int().min(0).max(100, 'must be at most 100').default(0).transform((n) => n || DEFAULT_MAX_ATTEMPTS),
+  timeout_seconds: z.coerce.number().int().min(0).max(30 * 24 * 3600, 'must be at most 30 days').default(0),
   keep_indexes: z.boolean(),
   max_rows_per_s: z.number().min(0),
   max_bytes_per_s: z.number().min(0),
@@ -43,3 +45,4 @@ export function parseReq<T extends z.ZodTypeAny>(schema: T, req: unknown): z.inf
 }
 
 export const DEFAULT_BATCH_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_MAX_ATTEMPTS = 3;

@@ -3,10 +3,11 @@ import { injectContext, type JetStreamClient, type Names, type TaskMessage } fro
 
 /**
  * Publishes a task to its source group's subject. The task id is the JetStream message id, so
- * publishing again (a coordinator restarted between publish and bookkeeping) is deduplicated.
+ * publishing again (a coordinator restarted between publish and bookkeeping) is deduplicated. A
+ * retried or resumed task is published again under `task_id#r<n>` (n = its publish count).
  */
-export async function publishTask(js: JetStreamClient, n: Names, group: string, task: TaskMessage): Promise<void> {
+export async function publishTask(js: JetStreamClient, n: Names, group: string, task: TaskMessage, publishes = 0): Promise<void> {
   const h = natsHeaders();
   for (const [k, v] of Object.entries(injectContext())) h.set(k, v);
-  await js.publish(n.taskSubject(group), JSON.stringify(task), { msgID: task.task_id, headers: h });
+  await js.publish(n.taskSubject(group), JSON.stringify(task), { msgID: publishes > 0 ? `${task.task_id}#r${publishes}` : task.task_id, headers: h });
 }

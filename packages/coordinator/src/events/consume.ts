@@ -1,7 +1,8 @@
 import { eventMessage, decodeJson, extractContext, withSpan, scrubSecrets, type JetStreamClient, type Names, type Logger, type EventMessage } from '@syncflow/shared';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { JobStore } from '../store/jobs.js';
-import type { JobRunner } from '../run/advance.js';
+import type { JobRunner, RunnerDeps } from '../run/advance.js';
+import { deadLetter } from '../run/recovery.js';
 
 /**
  * Folds the agents' events (JetStream, durable consumer) into job and task state and the job
@@ -10,7 +11,7 @@ import type { JobRunner } from '../run/advance.js';
 export class EventConsumer {
   #stopping = false;
   #loop: Promise<void> | undefined;
-  constructor(private js: JetStreamClient, private n: Names, private jobs: JobStore, private runner: JobRunner, private log: Logger) {}
+  constructor(private js: JetStreamClient, private n: Names, private jobs: JobStore, private runner: JobRunner, private log: Logger, private rel: RunnerDeps) {}
 
   start(): void {
     this.#loop = this.#run();
@@ -73,15 +74,25 @@ export class EventConsumer {
         break;
       case 'failed': {
         const msg = scrubSecrets(`${e.error.code}: ${e.error.message}`);
+        this.rel.metrics.inc('syncflow_task_failures_total', { final: String(e.final) });
         if (e.final) {
-          await this.jobs.moveTask(e.task_id, 'failed', { error: msg, attempts: e.delivery });
-          await this.jobs.log(e.job_id, e.task_id, 'error', `failed for good (attempt ${e.delivery}): ${msg}`);
+          // Dead letter first (idempotent), so a crash between the two cannot lose it.
+          if (!(await deadLetter(this.rel, e))) break;
+          if (await this.jobs.moveTask(e.task_id, 'failed', { error: msg, attempts: e.delivery })) {
+            await this.jobs.log(e.job_id, e.task_id, 'error', `failed for good (attempt ${e.delivery}), sent to the dead-letter stream: ${msg}`);
+          }
           await this.runner.advance(e.job_id);
         } else {
           await this.jobs.log(e.job_id, e.task_id, 'warn', `attempt ${e.delivery} failed, will retry: ${msg}`);
         }
         break;
       }
+      case 'paused':
+        if (await this.rel.deadLetters.pausedTaskStopped(e.task_id)) {
+          await this.jobs.log(e.job_id, e.task_id, 'info', `paused on agent ${e.agent_id} after the last committed batch; resumes from its checkpoint`);
+        }
+        await this.runner.advance(e.job_id); // resumed meanwhile: republish it now
+        break;
     }
   }
 }

@@ -15,6 +15,10 @@ export interface SyncRequest {
   keepIndexes: boolean;
   maxRowsPerS: number;
   maxBytesPerS: number;
+  /** Tries per table before it is dead-lettered (default 3). */
+  maxAttempts?: number;
+  /** The job is cancelled after this many seconds (0 = never). */
+  timeoutSeconds?: number;
 }
 
 /**

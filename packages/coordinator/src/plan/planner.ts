@@ -108,7 +108,7 @@ export function planSync(input: PlanInput): Planned {
         message: {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
-          mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, ...r,
+          mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, ...r, // the job sets its own attempts (start.ts)
         },
       });
     });

@@ -1,10 +1,14 @@
 import {
-  isTerminalJob, toSyncflowError, scrubSecrets, type Logger, type JetStreamClient, type Names, type JobFlags, type JobRates, type pb,
+  isTerminalJob, isTerminalTask, toSyncflowError, scrubSecrets, type Logger, type JetStreamClient, type Names, type JobFlags, type JobRates, type pb,
 } from '@syncflow/shared';
-import type { JobStore, JobRow } from '../store/jobs.js';
+import type { JobStore, JobRow, TaskRow } from '../store/jobs.js';
 import type { ConnectionStore } from '../store/connections.js';
 import type { AgentLink } from '../agents.js';
 import { publishTask } from '../assign/publish.js';
+import type { DeadLetterStore } from '../store/dead-letters.js';
+import type { Metrics } from '../alerts/metrics.js';
+import type { Alerts } from '../alerts/webhook.js';
+import { blockedTasks, safeDeleteOrder } from './recovery.js';
 
 export interface RunnerDeps {
   jobs: JobStore;
@@ -15,22 +19,33 @@ export interface RunnerDeps {
   flags: JobFlags;
   rates: JobRates;
   log: Logger;
+  deadLetters: DeadLetterStore;
+  metrics: Metrics;
+  alerts: Alerts;
 }
 
 /**
  * Moves jobs forward from what the control DB says, so it is correct to call at any time and
- * again after a restart: publish the next FK level once the previous one is done, finish the
- * job once every task is done, fail it once a task has failed for good.
+ * again after a restart: publish the next FK level once the previous one has ended, block the
+ * children of failed tables, and end the job once every task has ended: completed, or
+ * completed_with_errors / failed when some tables failed for good (one table's failure does not
+ * stop the others).
  */
 export class JobRunner {
   readonly #chains = new Map<string, Promise<void>>();
+  readonly #failures = new Map<string, number>();
   constructor(private d: RunnerDeps) {}
 
   /** Serialises work per job inside this process. */
   advance(jobId: string): Promise<void> {
     const prev = this.#chains.get(jobId) ?? Promise.resolve();
-    const next = prev.then(() => this.#advance(jobId)).catch((e) => {
-      this.d.log.error({ job: jobId, err: scrubSecrets((e as Error).message) }, 'advancing job failed');
+    const next = prev.then(() => this.#advance(jobId)).then(() => { this.#failures.delete(jobId); }).catch((e) => {
+      // e.g. the agent picked for FinalizeTarget just died: try again, or the job would wait for an event that never comes.
+      const n = (this.#failures.get(jobId) ?? 0) + 1;
+      this.#failures.set(jobId, n);
+      const delay = Math.min(30_000, 500 * 2 ** Math.min(n, 6));
+      this.d.log.warn({ job: jobId, err: scrubSecrets((e as Error).message), retry_in_ms: delay }, 'advancing job failed; will try again');
+      setTimeout(() => void this.advance(jobId), delay).unref();
     });
     this.#chains.set(jobId, next);
     void next.finally(() => { if (this.#chains.get(jobId) === next) this.#chains.delete(jobId); });
@@ -40,41 +55,68 @@ export class JobRunner {
   async #advance(jobId: string): Promise<void> {
     const job = await this.d.jobs.get(jobId);
     if (job.state !== 'running') return;
-    const tasks = await this.d.jobs.tasks(jobId);
-    const failed = tasks.filter((t) => t.state === 'failed');
-    if (failed.length) {
-      await this.fail(job, `${failed.length} table(s) failed: ${failed.map((t) => `${t.schema_name}.${t.table_name}: ${t.error}`).join('; ')}`);
-      return;
+    let tasks = await this.d.jobs.tasks(jobId);
+    const blocked = blockedTasks(job.plan, tasks);
+    for (const [id, reason] of blocked) {
+      if (await this.d.jobs.moveTask(id, 'blocked', { error: reason })) await this.d.jobs.log(jobId, id, 'warn', reason);
     }
-    const open = tasks.filter((t) => t.state !== 'done');
+    if (blocked.size) tasks = await this.d.jobs.tasks(jobId);
+    const open = tasks.filter((t) => !isTerminalTask(t.state));
     if (open.length === 0) {
-      await this.#complete(job);
+      if (tasks.every((t) => t.state === 'done')) await this.#complete(job, tasks);
+      else await this.#endWithErrors(job, tasks);
       return;
     }
     const level = Math.min(...open.map((t) => t.level));
     const from = await this.d.connections.get(job.from_conn);
     for (const t of open.filter((x) => x.level === level && x.state === 'pending')) {
-      await publishTask(this.d.js, this.d.names, from.agent_group, t.message);
+      await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
       await this.d.jobs.moveTask(t.id, 'queued');
     }
   }
 
-  async #complete(job: JobRow): Promise<void> {
+  /** Every task ended, some not done: finalize what is safe, then completed_with_errors (some done) or failed (none). */
+  async #endWithErrors(job: JobRow, tasks: TaskRow[]): Promise<void> {
+    const bad = tasks.filter((t) => t.state !== 'done');
+    const reason = `${bad.length} table(s) not synced: ${bad.map((t) => `${t.schema_name}.${t.table_name}: ${t.error || t.state}`).join('; ')}`;
+    if (!tasks.some((t) => t.state === 'done')) {
+      await this.fail(job, reason);
+      return;
+    }
+    await this.#complete(job, tasks, reason);
+  }
+  async #complete(job: JobRow, tasks: TaskRow[], withErrors?: string): Promise<void> {
     if (!job.finalized) {
       const to = await this.d.connections.get(job.to_conn);
       const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'FinalizeTarget', {
         job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url },
-        delete_order: job.plan.deleteOrder, sequences: job.plan.sequences,
+        delete_order: withErrors ? safeDeleteOrder(job.plan, tasks) : job.plan.deleteOrder, sequences: job.plan.sequences,
       }, 30 * 60_000);
       await this.d.jobs.setFinalized(job.id, Number(reply.rows_deleted));
       await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
     }
     await this.#releaseSnapshot(job);
+    if (withErrors) {
+      if (await this.d.jobs.moveJob(job.id, 'completed_with_errors', { error: scrubSecrets(withErrors) })) {
+        await this.d.flags.set(job.id, 'completed_with_errors').catch(() => undefined);
+        await this.d.jobs.log(job.id, null, 'error', `job completed with errors: ${scrubSecrets(withErrors)} (syncflow job retry ${job.id} --failed re-runs them)`);
+        this.#ended(job.id, 'completed_with_errors', tasks);
+        this.d.alerts.send({ kind: 'job_completed_with_errors', job_id: job.id, message: scrubSecrets(withErrors), at: new Date().toISOString() });
+      }
+      return;
+    }
     if (await this.d.jobs.moveJob(job.id, 'completed')) {
       await this.d.flags.set(job.id, 'completed').catch(() => undefined);
       await this.d.jobs.log(job.id, null, 'info', 'job completed');
       this.d.log.info({ job: job.id }, 'job completed');
+      this.#ended(job.id, 'completed', tasks);
     }
+  }
+
+  #ended(jobId: string, state: string, tasks: TaskRow[]): void {
+    this.d.metrics.inc('syncflow_jobs_total', { state });
+    this.d.metrics.inc('syncflow_rows_total', {}, tasks.reduce((s, t) => s + Number(t.rows), 0));
+    void jobId;
   }
 
   /** Fails a job: stops its open tasks, puts set-aside constraints back, releases the snapshot. */
@@ -88,16 +130,19 @@ export class JobRunner {
     if (await this.d.jobs.moveJob(job.id, 'failed', { error: message })) {
       await this.d.jobs.log(job.id, null, 'error', `job failed: ${message}`);
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
+      this.d.metrics.inc('syncflow_jobs_total', { state: 'failed' });
+      this.d.alerts.send({ kind: 'job_failed', job_id: job.id, message, at: new Date().toISOString() });
     }
   }
 
-  async cancel(jobId: string): Promise<JobRow> {
+  async cancel(jobId: string, reason = 'cancelled by operator'): Promise<JobRow> {
     const job = await this.d.jobs.get(jobId);
     if (isTerminalJob(job.state)) return job;
-    await this.d.jobs.moveJob(jobId, 'cancelled', { error: 'cancelled by operator' });
+    if (!(await this.d.jobs.moveJob(jobId, 'cancelled', { error: reason }))) return this.d.jobs.get(jobId);
     await this.d.jobs.moveOpenTasks(jobId, 'cancelled', 'job cancelled');
     await this.d.flags.set(jobId, 'cancelled');
-    await this.d.jobs.log(jobId, null, 'warn', 'job cancelled by operator');
+    await this.d.jobs.log(jobId, null, 'warn', `job ${reason}`);
+    this.d.metrics.inc('syncflow_jobs_total', { state: 'cancelled' });
     await this.#restoreTarget(job);
     await this.#releaseSnapshot(job);
     return this.d.jobs.get(jobId);

@@ -27,11 +27,11 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     }
     await d.jobs.create({
       id: jobId, from_conn: req.from.name, to_conn: req.to.name, mode: req.mode,
-      spec: { tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes }, plan: planned.record,
+      spec: { tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes, max_attempts: req.maxAttempts ?? 3, timeout_seconds: req.timeoutSeconds ?? 0 }, plan: planned.record,
       snapshot_id: snapshotId, trace_id: traceId, trace: carrier,
     }, planned.tasks.map((t) => ({
       id: t.id, job_id: jobId, level: t.level, schema_name: t.schema, table_name: t.table, method: t.method,
-      message: t.message, row_estimate: String(t.rowEstimate),
+      message: { ...t.message, max_attempts: req.maxAttempts ?? 3 }, row_estimate: String(t.rowEstimate),
     })));
     await d.jobs.log(jobId, null, 'info', `planned ${planned.tasks.length} table(s) in ${planned.record.levels} level(s); snapshot ${snapshotId}`);
     for (const note of planned.record.notes) await d.jobs.log(jobId, null, 'info', note);

@@ -27,17 +27,17 @@ export interface TaskRow {
   id: string; job_id: string; level: number; schema_name: string; table_name: string; state: TaskState; method: string;
   message: TaskMessage; row_estimate: string; rows: string; bytes: string; batches: string; inserted: string; updated: string;
   marked_for_delete: string; checkpoint: { seq: number; last_key: (string | null)[] | null } | null; attempts: number; error: string;
-  started_at: string | null; finished_at: string | null;
+  started_at: string | null; finished_at: string | null; publishes: number;
 }
 
 const JOB_COLS = 'id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace, error, rows_deleted::text, finalized, created_at::text, started_at::text, finished_at::text';
-const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, message, row_estimate::text, rows::text, bytes::text, batches::text, inserted::text, updated::text, marked_for_delete::text, checkpoint, attempts, error, started_at::text, finished_at::text';
+const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, message, row_estimate::text, rows::text, bytes::text, batches::text, inserted::text, updated::text, marked_for_delete::text, checkpoint, attempts, error, started_at::text, finished_at::text, publishes';
 
 /** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
 export class JobStore {
   constructor(private sql: Sql) {}
 
-  async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at'>[]): Promise<void> {
+  async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at' | 'publishes'>[]): Promise<void> {
     await this.sql.begin(async (tx) => {
       await tx`INSERT INTO jobs (id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace)
                VALUES (${job.id}, ${job.from_conn}, ${job.to_conn}, ${job.mode}, 'pending', ${tx.json(job.spec as never)}, ${tx.json(job.plan as never)},
@@ -60,7 +60,7 @@ export class JobStore {
   }
 
   async active(): Promise<JobRow[]> {
-    return this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs WHERE state IN ('pending', 'running') ORDER BY created_at`);
+    return this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs WHERE state IN ('pending', 'running', 'paused') ORDER BY created_at`);
   }
 
   async tasks(jobId: string): Promise<TaskRow[]> {
@@ -75,7 +75,8 @@ export class JobStore {
         error = coalesce(${fields.error ?? null}, error),
         rows_deleted = coalesce(${fields.rows_deleted ?? null}::int8, rows_deleted),
         started_at = CASE WHEN ${to} = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-        finished_at = CASE WHEN ${to} IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END
+        finished_at = CASE WHEN ${to} IN ('completed', 'completed_with_errors', 'failed', 'cancelled') THEN now()
+                           WHEN ${to} = 'running' THEN NULL ELSE finished_at END
       WHERE id = ${id} AND state = ANY(${from})`;
     return r.count > 0;
   }
@@ -91,7 +92,7 @@ export class JobStore {
         error = coalesce(${fields.error ?? null}, error),
         attempts = greatest(attempts, coalesce(${fields.attempts ?? null}::int, attempts)),
         started_at = CASE WHEN ${to} = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-        finished_at = CASE WHEN ${to} IN ('done', 'failed', 'cancelled') THEN now() ELSE finished_at END
+        finished_at = CASE WHEN ${to} IN ('done', 'failed', 'cancelled', 'blocked') THEN now() ELSE finished_at END
       WHERE id = ${id} AND state = ANY(${from})`;
     return r.count > 0;
   }

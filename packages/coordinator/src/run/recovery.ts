@@ -1,0 +1,80 @@
+import { isTerminalTask, scrubSecrets, type EventMessage } from '@syncflow/shared';
+import type { PlanRecord, TaskRow } from '../store/jobs.js';
+import type { RunnerDeps } from './advance.js';
+
+type Failed = Extract<EventMessage, { type: 'failed' }>;
+const keyOf = (schema: string, name: string) => `${schema}.${name}`;
+
+/** schema.table → the schema.table names it references (its FK parents inside the sync). */
+function parentsOf(plan: PlanRecord): Map<string, string[]> {
+  const m = new Map<string, string[]>();
+  for (const t of plan.tables as { schema: string; name: string; depends_on?: string[] }[]) m.set(keyOf(t.schema, t.name), t.depends_on ?? []);
+  return m;
+}
+
+/**
+ * Tasks that cannot run because a parent table failed (or is itself blocked), with the reason;
+ * transitively. Only tasks not yet started are blocked: their rows would reference parent rows
+ * that never arrived.
+ */
+export function blockedTasks(plan: PlanRecord, tasks: TaskRow[]): Map<string, string> {
+  const parents = parentsOf(plan);
+  const bad = new Map<string, string>(); // table → why it is bad
+  for (const t of tasks) if (t.state === 'failed' || t.state === 'blocked') bad.set(keyOf(t.schema_name, t.table_name), t.state);
+  const out = new Map<string, string>();
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const t of tasks) {
+      const k = keyOf(t.schema_name, t.table_name);
+      if (t.state !== 'pending' || out.has(t.id)) continue;
+      const parent = (parents.get(k) ?? []).find((p) => bad.has(p));
+      if (!parent) continue;
+      out.set(t.id, `blocked: parent table ${parent} ${bad.get(parent) === 'failed' ? 'failed' : 'is blocked'}`);
+      bad.set(k, 'blocked');
+      changed = true;
+    }
+  }
+  return out;
+}
+
+/**
+ * The mirror delete order when some tables did not finish: only tables that are done and none of
+ * whose children is unfinished (a child's old rows on the target may still reference parent rows
+ * the source deleted; deleting those parents would break the FK).
+ */
+export function safeDeleteOrder(plan: PlanRecord, tasks: TaskRow[]): PlanRecord['deleteOrder'] {
+  const parents = parentsOf(plan);
+  const unfinished = new Set(tasks.filter((t) => t.state !== 'done').map((t) => keyOf(t.schema_name, t.table_name)));
+  const heldBack = new Set(unfinished);
+  for (const [child, ps] of parents) if (unfinished.has(child)) for (const p of ps) heldBack.add(p);
+  return plan.deleteOrder.filter((t) => !heldBack.has(keyOf(t.schema, t.name)));
+}
+
+/**
+ * A task failed for good: into the dead-letter stream (with its error and history) and the
+ * control DB, then an alert (error log line, metric, webhook). Idempotent: a redelivered event
+ * neither publishes (message id) nor records (unique key) twice. Returns false for a failure of
+ * an attempt that no longer matters (the task already ended otherwise, e.g. done or cancelled).
+ */
+export async function deadLetter(d: RunnerDeps, e: Failed): Promise<boolean> {
+  const tasks = await d.jobs.tasks(e.job_id);
+  const task = tasks.find((t) => t.id === e.task_id);
+  if (!task || (isTerminalTask(task.state) && task.state !== 'failed')) return false;
+  const message = scrubSecrets(`${e.error.code}: ${e.error.message}`);
+  const history = (await d.jobs.logs(e.job_id)).filter((l) => l.task_id === e.task_id).map((l) => `${l.at} ${l.level} ${l.message}`);
+  const group = task.message.source.group;
+  const payload = {
+    job_id: e.job_id, task_id: e.task_id, schema: task.schema_name, table: task.table_name, agent_id: e.agent_id,
+    error: { ...e.error, message: scrubSecrets(e.error.message) }, attempts: e.delivery, history, at: e.at,
+    task: task.message, // sealed URLs only, as published
+  };
+  const ack = await d.js.publish(d.names.deadLetterSubject(group), JSON.stringify(payload), { msgID: `${e.task_id}:dlq:${task.publishes}:${e.delivery}` });
+  const fresh = await d.deadLetters.add({
+    job_id: e.job_id, task_id: e.task_id, error_code: e.error.code, error: message, attempts: e.delivery, history, publish: task.publishes, stream_seq: ack.seq,
+  });
+  if (fresh) {
+    d.metrics.inc('syncflow_dead_letters_total');
+    d.alerts.send({ kind: 'dead_letter', job_id: e.job_id, task_id: e.task_id, table: keyOf(task.schema_name, task.table_name), error_code: e.error.code, message, at: new Date().toISOString() });
+  }
+  return true;
+}
