@@ -115,7 +115,7 @@ it(`bench at scale ${scale}`, async () => {
   };
 
   const profEnv = (run: string): Record<string, string> =>
-    profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(repoRoot, 'bench', 'results', 'profiles', run)}` } : {};
+    profile ? { NODE_OPTIONS: `--require ${join(repoRoot, 'test', 'bench', 'cpu-prof.cjs')}`, BENCH_CPU_PROF_DIR: join(repoRoot, 'bench', 'results', 'profiles', run) } : {};
 
   if (wanted('pgcopydb') && !pgcopydbVersion) {
     report.results.push({ method: 'pgcopydb clone', wall_s: null, rows: totalRows, bytes: tableBytes, wan_bytes: null, peak_rss_mb: {}, cpu_s: {}, ratio_to_pgcopydb: null, verified: false, notes: [], error: 'pgcopydb is not installed (apt-get install pgcopydb)' });
