@@ -92,29 +92,29 @@ SET synchronous_commit = off;
 INSERT INTO customers
 SELECT g, 'customer' || g || '@example.com', 'Customer ' || md5(g::text), (ARRAY['DE','FR','US','GB','JP','BR','IN','ES'])[1 + g % 8],
        timestamptz '2020-01-01 00:00:00+00' + g * interval '7 minutes 13.123457 seconds', (g * 37) % 5000, g % 3 = 0
-FROM generate_series(1, ${n.customers}) g;
+FROM generate_series(1, ${n.customers}::int8) g;
 INSERT INTO addresses
 SELECT g, 1 + (g * 7919) % ${n.customers}, g || ' ' || substr(md5('street' || g), 1, 12) || ' Street',
        'City ' || (g % 997), lpad((g % 99991)::text, 5, '0'), (ARRAY['DE','FR','US','GB','JP','BR','IN','ES'])[1 + g % 8], g % 2 = 0
-FROM generate_series(1, ${n.addresses}) g;
+FROM generate_series(1, ${n.addresses}::int8) g;
 INSERT INTO products
 SELECT g, 'SKU-' || lpad(g::text, 8, '0'), 'Product ' || substr(md5(g::text), 1, 10),
-       repeat(md5('desc' || g) || ' ', 1 + g % 6), round(((g * 7) % 100000) / 100.0 + 0.99, 2),
+       repeat(md5('desc' || g) || ' ', (1 + g % 6)::int), round(((g * 7) % 100000) / 100.0 + 0.99, 2),
        (ARRAY['books','garden','toys','tools','food','music'])[1 + g % 6],
        timestamptz '2019-06-01 00:00:00+00' + g * interval '1 hour 3.5 seconds'
-FROM generate_series(1, ${n.products}) g;
+FROM generate_series(1, ${n.products}::int8) g;
 INSERT INTO product_media
 SELECT g, 1 + (g * 104729) % ${n.products}, (ARRAY['image','video','manual'])[1 + g % 3],
        jsonb_build_object('width', 100 + g % 1900, 'height', 100 + g % 1000, 'alt', 'media ' || g,
          'tags', jsonb_build_array('t' || g % 10, 't' || g % 17, md5(g::text)),
          'exif', jsonb_build_object('iso', 100 * (1 + g % 32), 'lens', substr(md5('lens' || g), 1, 16), 'gps', jsonb_build_array(g % 90, g % 180))),
        (SELECT decode(string_agg(md5(g::text || ':' || i), '' ORDER BY i), 'hex') FROM generate_series(1, 128) i)
-FROM generate_series(1, ${n.product_media}) g;
+FROM generate_series(1, ${n.product_media}::int8) g;
 INSERT INTO orders
 SELECT g, c, 1 + (c * 3 + g % 2) % ${n.addresses}, (ARRAY['new','paid','shipped','delivered','returned'])[1 + g % 5],
        timestamptz '2021-01-01 00:00:00+00' + g * interval '31.654321 seconds', round(((g * 131) % 1000000) / 100.0, 2),
        CASE WHEN g % 4 = 0 THEN 'note ' || substr(md5(g::text), 1, 20) END
-FROM generate_series(1, ${n.orders}) g, LATERAL (SELECT 1 + (g * 6007) % ${n.customers} AS c) x;
+FROM generate_series(1, ${n.orders}::int8) g, LATERAL (SELECT 1 + (g * 6007) % ${n.customers} AS c) x;
 INSERT INTO order_items
 SELECT o, (g - 1) - ((o - 1) * ${n.order_items}::int8 + ${n.orders} - 1) / ${n.orders} + 1, 1 + (o * 31 + g * 17) % ${n.products},
        1 + g % 5, round(((o * 13 + g) % 20000) / 100.0 + 0.5, 2)
@@ -123,11 +123,11 @@ INSERT INTO payments
 SELECT g, 1 + (g * 2) % ${n.orders}, round(((g * 97) % 500000) / 100.0, 2), (ARRAY['card','paypal','invoice','voucher'])[1 + g % 4],
        timestamptz '2021-01-02 00:00:00+00' + g * interval '59.100001 seconds',
        (md5('pay' || g))::uuid
-FROM generate_series(1, ${n.payments}) g;
+FROM generate_series(1, ${n.payments}::int8) g;
 INSERT INTO events
 SELECT timestamptz '2022-01-01 00:00:00+00' + (g / 3) * interval '1.000001 seconds', (ARRAY['view','cart','search','login'])[1 + g % 4],
        CASE WHEN g % 5 = 0 THEN NULL ELSE 1 + g % ${n.customers} END, 'session=' || md5(g::text) || ';page=' || g % 100
-FROM generate_series(1, ${n.events}) g;
+FROM generate_series(1, ${n.events}::int8) g;
 ANALYZE;
 `;
 }
