@@ -1,0 +1,155 @@
+// `npm run bench [-- --scale N]`: generates the e-commerce dataset and measures, in one run, pgcopydb,
+// a psql COPY pipe, the predecessor's batched upsert and syncflow (initial load, 1 % mirror re-sync,
+// 10 ms each way between the agents). Every run's end state is verified (row counts and content
+// hashes of every table, indexes and constraints). Not part of `npm test` (vitest.config.ts excludes
+// test/bench/**): bench/vitest.bench.config.ts runs it. Env: BENCH_SCALE (default 1), BENCH_METHODS
+// (comma-separated subset of the method ids below), BENCH_CPU_PROF=1 (agents write V8 CPU profiles
+// to bench/results/profiles/; skews timings, so use it in a separate run).
+import { afterAll, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { TestStack, databaseHashes, diffHashes, repoRoot, type PgCluster, type TableHash } from '../harness/index.js';
+import { Api } from '../harness/api.js';
+import { CpuMeter } from '../harness/rss.js';
+import { generate, FK_ORDER } from './dataset.js';
+import { ensurePgcopydb, runNaive, runPgcopydb, runPsqlPipe, type Measured } from './baselines.js';
+import { changeOnePercent, runSyncflow, type SyncflowMeasured } from './syncflow-runs.js';
+import { machineInfo, table, writeReport, type BenchEntry, type BenchReport } from './report.js';
+
+const scale = Number(process.env.BENCH_SCALE ?? '1');
+const only = process.env.BENCH_METHODS ? new Set(process.env.BENCH_METHODS.split(',')) : null;
+const profile = process.env.BENCH_CPU_PROF === '1';
+const wanted = (id: string) => !only || only.has(id);
+
+const PG_SETTINGS = {
+  shared_buffers: '256MB',
+  max_wal_size: '4GB',
+  checkpoint_timeout: '30min',
+  maintenance_work_mem: '256MB',
+  work_mem: '32MB',
+  autovacuum: 'off', // no vacuum racing the runs; pgcopydb vacuums its own target explicitly
+};
+
+let stack: TestStack | undefined;
+let api: Api | undefined;
+
+afterAll(async () => {
+  api?.close();
+  await stack?.stop();
+});
+
+/** Index definitions and constraint definitions of the public schema, as sorted strings. */
+async function schemaObjects(c: PgCluster, db: string): Promise<string[]> {
+  const rows = await c.sql(db)<{ d: string }[]>`
+    SELECT 'index ' || tablename || ': ' || regexp_replace(indexdef, 'INDEX \\S+ ON', 'INDEX ON') AS d FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL
+    SELECT 'constraint ' || conrelid::regclass::text || ': ' || pg_get_constraintdef(oid) || CASE WHEN convalidated THEN '' ELSE ' NOT VALID' END
+    FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    ORDER BY 1`;
+  return rows.map((r) => r.d);
+}
+
+it(`bench at scale ${scale}`, async () => {
+  const startedAt = new Date().toISOString();
+  const pgcopydbVersion = wanted('pgcopydb') ? ensurePgcopydb() : null;
+  stack = await TestStack.start({ agents: false, pgSettings: PG_SETTINGS });
+  api = new Api(stack.coordinatorAddress);
+  const a = stack.region('a');
+  const b = stack.region('b');
+
+  const g0 = performance.now();
+  const tables = await generate(a, 'shop', scale);
+  const generateS = (performance.now() - g0) / 1000;
+  const sizeQuery = async () => {
+    const [s] = await a.sql('shop')<{ t: string; d: string }[]>`
+      SELECT (SELECT sum(pg_table_size(c.oid)) FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace)::int8::text AS t,
+             pg_database_size(current_database())::text AS d`;
+    return { tableBytes: Number(s!.t), dbBytes: Number(s!.d) };
+  };
+  const { tableBytes, dbBytes } = await sizeQuery();
+  const totalRows = Object.values(tables).reduce((x, y) => x + y, 0);
+  console.log(`dataset: scale ${scale}, ${totalRows} rows, ${(tableBytes / 1e6).toFixed(0)} MB of tables, ${(dbBytes / 1e6).toFixed(0)} MB database, generated in ${generateS.toFixed(1)} s`);
+  let srcHashes = await databaseHashes(a.sql('shop'), ['public']);
+  const srcSchema = await schemaObjects(a, 'shop');
+
+  const report: BenchReport = {
+    started_at: startedAt, scale,
+    dataset: { rows: totalRows, bytes: tableBytes, database_bytes: dbBytes, tables, generate_s: Math.round(generateS * 10) / 10 },
+    machine: machineInfo(), results: [],
+  };
+
+  /** Row counts + content hashes of every table, and every index and constraint, equal to the source. */
+  const verify = async (toDb: string, expected: Map<string, TableHash>): Promise<string[]> => {
+    const problems = diffHashes(expected, await databaseHashes(b.sql(toDb), ['public']));
+    const dst = await schemaObjects(b, toDb);
+    for (const o of srcSchema) if (!dst.includes(o)) problems.push(`missing on target: ${o}`);
+    return problems;
+  };
+
+  const record = async (id: string, label: string, toDb: string, rows: number, bytes: number, fn: () => Promise<Measured | SyncflowMeasured>, keep = false) => {
+    if (!wanted(id)) return;
+    console.log(`running ${label} ...`);
+    const entry: BenchEntry = { method: label, wall_s: null, rows, bytes, wan_bytes: null, peak_rss_mb: {}, cpu_s: {}, ratio_to_pgcopydb: null, verified: false, notes: [] };
+    report.results.push(entry);
+    const cpu = new CpuMeter(() => ({ 'source pg': a.postmasterPid() ?? 0, 'target pg': b.postmasterPid() ?? 0 })).start();
+    try {
+      const m = await fn();
+      const pgCpu = cpu.stop();
+      entry.wall_s = Math.round(m.wallS * 100) / 100;
+      entry.peak_rss_mb = m.peakRssMb;
+      entry.cpu_s = m.cpuS ?? pgCpu;
+      entry.notes = m.notes;
+      if ('wanBytes' in m) {
+        entry.wan_bytes = m.wanBytes;
+        entry.tasks = m.tasks;
+        entry.notes.push(`job: ${m.jobRows} rows, ${(m.jobBytes / 1e6).toFixed(1)} MB sent as COPY text, ${m.rowsDeleted} rows deleted`);
+      }
+      const problems = await verify(toDb, srcHashes);
+      entry.verified = problems.length === 0;
+      if (problems.length) entry.error = `end state differs from the source: ${problems.slice(0, 5).join('; ')}`;
+      console.log(`  ${label}: ${entry.wall_s} s, verified ${entry.verified}`);
+    } catch (e) {
+      entry.error = (e as Error).message.split('\n')[0]!;
+      console.log(`  ${label} FAILED: ${(e as Error).message.slice(0, 4000)}`);
+    }
+    if (!keep) await b.sql().unsafe(`DROP DATABASE IF EXISTS ${toDb} WITH (FORCE)`).catch(() => {});
+  };
+
+  const profEnv = (run: string): Record<string, string> =>
+    profile ? { NODE_OPTIONS: `--require ${join(repoRoot, 'test', 'bench', 'cpu-prof.cjs')}`, BENCH_CPU_PROF_DIR: join(repoRoot, 'bench', 'results', 'profiles', run) } : {};
+
+  if (wanted('pgcopydb') && !pgcopydbVersion) {
+    report.results.push({ method: 'pgcopydb clone', wall_s: null, rows: totalRows, bytes: tableBytes, wan_bytes: null, peak_rss_mb: {}, cpu_s: {}, ratio_to_pgcopydb: null, verified: false, notes: [], error: 'pgcopydb is not installed (apt-get install pgcopydb)' });
+  } else {
+    await record('pgcopydb', 'pgcopydb clone', 'bench_pgcopydb', totalRows, tableBytes, () => runPgcopydb(a, 'shop', b, 'bench_pgcopydb'));
+  }
+  await record('psql', 'psql COPY pipe (2 at a time)', 'bench_psql', totalRows, tableBytes, () => runPsqlPipe(a, 'shop', b, 'bench_psql'));
+  await record('naive', 'naive batched upsert (1000 rows)', 'bench_naive', totalRows, tableBytes, () => runNaive(a, 'shop', b, 'bench_naive'));
+  await record('load', 'syncflow initial load', 'bench_sf', totalRows, tableBytes,
+    () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('load') }), true);
+  await record('wan', 'syncflow initial load, +10 ms each way', 'bench_sf_wan', totalRows, tableBytes,
+    () => runSyncflow(stack!, api!, 'shop', 'bench_sf_wan', { delayMs: 10, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('wan') }));
+  if (wanted('resync') && wanted('load')) {
+    const changed = await changeOnePercent(a, 'shop');
+    const n = changed.updated + changed.inserted + changed.deleted;
+    console.log(`changed ${n} rows on the source (${(100 * n / totalRows).toFixed(2)} %): ${JSON.stringify(changed)}`);
+    srcHashes = await databaseHashes(a.sql('shop'), ['public']);
+    const after = await sizeQuery();
+    const rowsNow = [...srcHashes.values()].reduce((x, h) => x + h.rows, 0);
+    await record('resync', `syncflow mirror re-sync after ${(100 * n / totalRows).toFixed(1)} % changed`, 'bench_sf', rowsNow, after.tableBytes,
+      () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_MIRROR', createTarget: false, agentEnv: profEnv('resync') }));
+    report.results.at(-1)!.notes.push(`source changes: ${JSON.stringify(changed)}`);
+  }
+
+  const base = report.results.find((e) => e.method === 'pgcopydb clone' && e.wall_s !== null && !e.error)?.wall_s ?? null;
+  const load = report.results.find((e) => e.method === 'syncflow initial load' && !e.error)?.wall_s ?? null;
+  for (const e of report.results) {
+    if (base && e.wall_s !== null) e.ratio_to_pgcopydb = Math.round((e.wall_s / base) * 100) / 100;
+    if (e.method.includes('+10 ms') && load && e.wall_s !== null) e.notes.push(`${(e.wall_s / load).toFixed(2)} × syncflow initial load without the delay`);
+  }
+  const file = await writeReport(report);
+  console.log(`\nscale ${scale}: ${totalRows} rows, ${(tableBytes / 1e6).toFixed(0)} MB of tables (${FK_ORDER.length} tables)\n${table(report)}\n\nwritten to ${file} and bench/results/latest.json`);
+  for (const e of report.results) if (e.notes.length) console.log(`${e.method}:\n  - ${e.notes.join('\n  - ')}`);
+
+  expect(report.results.filter((e) => e.error).map((e) => `${e.method}: ${e.error}`)).toEqual([]);
+  expect(report.results.every((e) => e.verified)).toBe(true);
+});
