@@ -1,6 +1,6 @@
 import {
   agentEnv, parseEnv, createLogger, initTelemetry, shutdownTelemetry, names as nameSpace, Sealer, connectNats,
-  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos, toSyncflowError,
+  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos, toSyncflowError, shutdownServer,
 } from '@syncflow/shared';
 import { Pools } from './pools.js';
 import { SnapshotHolder } from './read/snapshot.js';
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     health.setStatus('', 'NOT_SERVING');
     await registry.remove(cfg.SYNCFLOW_AGENT_GROUP, cfg.SYNCFLOW_AGENT_ID);
     await consumer.stop();
-    await new Promise<void>((r) => server.tryShutdown(() => r()));
+    await shutdownServer(server);
     await snapshots.releaseAll();
     clients.closeAll();
     await nc.drain().catch(() => undefined);

@@ -1,15 +1,12 @@
 import { InvalidArgumentError } from 'commander';
-import { parseTableRef, SyncflowError } from '@syncflow/shared';
+import { parseTableRef, SyncflowError, NAME_PATTERN, NAME_RULE } from '@syncflow/shared';
 import { usageError } from './output.js';
 
 /** Argument parsing and validation done locally, so mistakes fail fast with exit 2. */
 
-/** Connection, group and region names (same rule as the server's). */
-export const NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
 export function checkName(kind: string, name: string): string {
-  if (!NAME_RE.test(name)) {
-    throw usageError(`${kind} name ${JSON.stringify(name)} is invalid: use 1-63 lower-case letters, digits, _ and -, starting with a letter or digit`);
+  if (!NAME_PATTERN.test(name)) {
+    throw usageError(`${kind} name ${JSON.stringify(name)} is invalid: it ${NAME_RULE}`);
   }
   return name;
 }

@@ -1,6 +1,6 @@
 import {
   coordinatorEnv, parseEnv, createLogger, initTelemetry, shutdownTelemetry, names as nameSpace, Sealer, connectNats,
-  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos,
+  jetstream, jetstreamManager, ensureStreams, AgentRegistry, JobFlags, JobRates, createServer, bind, serverCredentials, loadProtos, shutdownServer,
   createPool, toSyncflowError, scrubSecrets,
 } from '@syncflow/shared';
 import { migrate } from './store/migrate.js';
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     health.setStatus('', 'NOT_SERVING');
     stopSweep();
     metrics.close();
-    await new Promise<void>((r) => server.tryShutdown(() => r()));
+    await shutdownServer(server);
     await events.stop();
     agents.close();
     await nc.drain().catch(() => undefined);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { hostname } from 'node:os';
 import { invalidArgument } from './errors.js';
+import { NAME_PATTERN, NAME_RULE } from './names.js';
 
 /** Environment shared by every syncflow process. Parsed once at start; inside, frozen typed values. */
 const common = {
@@ -46,7 +47,7 @@ export type CoordinatorConfig = Readonly<z.infer<typeof coordinatorEnv>>;
 export const agentEnv = z.object({
   ...common,
   /** The agent group (region / database) whose tasks this agent pulls. */
-  SYNCFLOW_AGENT_GROUP: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lower-case letters, digits, _ and - only'),
+  SYNCFLOW_AGENT_GROUP: z.string().regex(NAME_PATTERN, NAME_RULE),
   SYNCFLOW_AGENT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).default(`${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40)}-${process.pid}`),
   /** Where AgentService listens; port 0 picks a free one. */
   SYNCFLOW_LISTEN: hostPort.default('127.0.0.1:0'),

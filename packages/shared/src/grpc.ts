@@ -88,3 +88,12 @@ export const clientOptions = (maxMessageBytes = 64 << 20): grpc.ChannelOptions =
 });
 
 export type { AgentProto, SyncProto };
+
+/** Stops a server: in-flight calls get `graceMs` to finish (streams from peers would never end by themselves), then it is forced. */
+export async function shutdownServer(server: grpc.Server, graceMs = 3_000): Promise<void> {
+  await Promise.race([
+    new Promise<void>((r) => server.tryShutdown(() => r())),
+    new Promise<void>((r) => setTimeout(r, graceMs).unref()),
+  ]);
+  server.forceShutdown();
+}

@@ -1,5 +1,9 @@
 import { invalidArgument } from './errors.js';
 
+/** Names of connections and agent groups: what the CLI, the API and the agents' config all accept. */
+export const NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+export const NAME_RULE = 'must be 1-63 lower-case letters, digits, _ or -, starting with a letter or digit';
+
 /** A table reference as users type it: `table`, `schema.table`, or quoted parts ("My.Table"). */
 export interface QualifiedName { schema?: string; name: string }
 

@@ -1,8 +1,8 @@
 import { z } from 'zod';
-import { invalidArgument } from '@syncflow/shared';
+import { invalidArgument, NAME_PATTERN, NAME_RULE } from '@syncflow/shared';
 
 /** SyncService requests, validated once at the edge. */
-const connName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be 1-63 lower-case letters, digits, _ or -, starting with a letter or digit');
+const connName = z.string().regex(NAME_PATTERN, NAME_RULE);
 
 export const createConnectionReq = z.object({
   name: connName,
