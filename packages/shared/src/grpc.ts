@@ -51,7 +51,13 @@ export function createServer(serviceNames: string[], maxMessageBytes = 64 << 20)
     'grpc.max_send_message_length': maxMessageBytes,
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_permit_without_calls': 1,
+    'grpc.max_concurrent_streams': 1000,
   });
+  // grpc-js has no option for a server's HTTP/2 receive windows, and Node's 64 KiB default caps
+  // every Transfer stream at 64 KiB per round trip (1.5 MB/s at 10 ms each way). Its settings object
+  // (created by the option above) is handed to http2.createServer at bind time: widen it there.
+  const settings = (server as unknown as { commonServerOptions?: { settings?: Record<string, number> } }).commonServerOptions?.settings;
+  if (settings) settings.initialWindowSize = HTTP2_WINDOW;
   const health = new HealthImplementation(Object.fromEntries([['', 'SERVING'], ...serviceNames.map((s) => [s, 'SERVING'])]));
   health.addToServer(server);
   new ReflectionService(loadProtos().def).addToServer(server);
@@ -59,8 +65,19 @@ export function createServer(serviceNames: string[], maxMessageBytes = 64 << 20)
 }
 
 export async function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(address, creds, (err, p) => (err ? reject(err) : resolve(p))));
+  // The connection-level window is per session: widen it as each client connects (see createServer).
+  const http2Servers = (server as unknown as { http2Servers?: Map<{ on(e: 'session', f: (s: { setLocalWindowSize(n: number): void }) => void): void }, unknown> }).http2Servers;
+  for (const h of http2Servers?.keys() ?? []) {
+    h.on('session', (session) => {
+      try { session.setLocalWindowSize(HTTP2_WINDOW); } catch { /* a session closing already */ }
+    });
+  }
+  return port;
 }
+
+/** HTTP/2 receive window of our servers, per stream and per connection: enough for a WAN's bandwidth × delay. */
+const HTTP2_WINDOW = 32 * 1024 * 1024;
 
 /** Wraps an async unary handler: any throw becomes a gRPC error with the right status. */
 export function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
