@@ -74,6 +74,21 @@ describe('indexes and foreign keys of an initial load', () => {
     expect(logs.entries.map((e) => e.message).join('\n')).toMatch(/3 index\(es\) rebuilt/);
   });
 
+  it('fail the job clearly, never stuck, when the data violates a foreign key set aside', async () => {
+    // The source has no FK and an orphan row; the target has the FK: it cannot be validated after the load.
+    await a.exec('lib', 'CREATE TABLE notes (id int PRIMARY KEY, book_id int); INSERT INTO notes VALUES (1, 1), (2, 999999);');
+    await b.exec('lib', 'TRUNCATE books, authors; CREATE TABLE notes (id int PRIMARY KEY, book_id int REFERENCES books(id));');
+    const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b' });
+    const done = await api.waitJob(job.id);
+    expect(done.state).toBe('JOB_STATE_FAILED');
+    expect(done.error).toMatch(/notes_book_id_fkey/);
+    // The constraint is back on the table (NOT VALID: it guards new rows), never lost.
+    const [{ n }] = await b.sql('lib')<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_constraint WHERE conname = 'notes_book_id_fkey'`;
+    expect(n).toBe(1);
+    await a.exec('lib', 'DROP TABLE notes;');
+    await b.exec('lib', 'DROP TABLE notes;');
+  });
+
   it('stay in place with keep_indexes', async () => {
     await b.exec('lib', 'TRUNCATE books, authors;');
     const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', keep_indexes: true });

@@ -41,7 +41,11 @@ export function planSync(input: PlanInput): Planned {
   const selected = selectTables(input.source.tables, input.tables);
   const targetByKey = new Map(input.target.tables.map((t) => [keyOf(t), t]));
 
-  const edges: FkEdge[] = selected.flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
+  // An empty target table loaded with its foreign keys set aside need not wait for its parents:
+  // its FK edges do not order the load (they are checked once, after it).
+  const loadFree = new Set(input.keepIndexes ? [] : selected.filter((t) => targetByKey.get(keyOf(t))?.has_rows === false).map(keyOf));
+  const edges: FkEdge[] = selected.filter((t) => !loadFree.has(keyOf(t)))
+    .flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
   const levels = orderLevels(selected.map(keyOf), edges);
   const selectedKeys = new Set(selected.map(keyOf));
   const notes: string[] = [];

@@ -39,7 +39,15 @@ export class JobRunner {
   /** Serialises work per job inside this process. */
   advance(jobId: string): Promise<void> {
     const prev = this.#chains.get(jobId) ?? Promise.resolve();
-    const next = prev.then(() => this.#advance(jobId)).then(() => { this.#failures.delete(jobId); }).catch((e) => {
+    const next = prev.then(() => this.#advance(jobId)).then(() => { this.#failures.delete(jobId); }).catch(async (e) => {
+      const err = toSyncflowError(e);
+      if (!err.retryable) {
+        // e.g. a restored foreign key that the data violates: retrying cannot help, the job fails (never stuck).
+        this.#failures.delete(jobId);
+        const job = await this.d.jobs.get(jobId).catch(() => undefined);
+        if (job) await this.fail(job, `finishing the job: ${err.message}`).catch((f) => this.d.log.error({ job: jobId, err: scrubSecrets((f as Error).message) }, 'failing the job failed'));
+        return;
+      }
       // e.g. the agent picked for FinalizeTarget just died: try again, or the job would wait for an event that never comes.
       const n = (this.#failures.get(jobId) ?? 0) + 1;
       this.#failures.set(jobId, n);
