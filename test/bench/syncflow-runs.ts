@@ -62,7 +62,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
       seconds: t.started_at && t.finished_at ? (Date.parse(t.finished_at) - Date.parse(t.started_at)) / 1000 : NaN,
     }));
     const notes = [`apply methods: ${[...new Set(tasks.map((t) => `${t.table.replace('public.', '')}=${t.method}`))].join(', ')}`];
-    if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): rows are loaded into indexed, FK-checked tables');
+    if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): syncflow sets the empty tables\' secondary indexes and FKs aside for the load and rebuilds them after it (its default), so the end state equals pgcopydb\'s');
     return { wallS, peakRssMb, cpuS, notes, wanBytes: proxy.bytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
   } finally {
     // SIGTERM: agents leave the registry (and write --cpu-prof profiles) on a clean stop.
