@@ -128,6 +128,8 @@ export class TestStack {
         ...this.commonEnv(),
         SYNCFLOW_CONTROL_DB_URL: this.controlDbUrl,
         SYNCFLOW_LISTEN: this.coordinatorAddress,
+        // Any free port: stacks must not collide with each other or with a coordinator left running.
+        SYNCFLOW_METRICS_LISTEN: '127.0.0.1:0',
         ...this.opts.coordinatorEnv,
         ...extraEnv,
       },
