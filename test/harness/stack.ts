@@ -128,6 +128,7 @@ export class TestStack {
         ...this.commonEnv(),
         SYNCFLOW_CONTROL_DB_URL: this.controlDbUrl,
         SYNCFLOW_LISTEN: this.coordinatorAddress,
+        SYNCFLOW_METRICS_LISTEN: '127.0.0.1:0', // many stacks on one machine: never the fixed default port
         ...this.opts.coordinatorEnv,
         ...extraEnv,
       },

@@ -34,7 +34,10 @@ async function main(): Promise<void> {
   const flags = await JobFlags.open(nc, n);
   const agents = new AgentLink(registry, tls);
   const metrics = new Metrics();
-  if (cfg.SYNCFLOW_METRICS_LISTEN !== 'off') await metrics.listen(cfg.SYNCFLOW_METRICS_LISTEN, log);
+  if (cfg.SYNCFLOW_METRICS_LISTEN !== 'off') {
+    // A taken metrics port must not stop syncing: say so loudly and go on without the endpoint.
+    await metrics.listen(cfg.SYNCFLOW_METRICS_LISTEN, log).catch((e) => log.error({ err: (e as Error).message, address: cfg.SYNCFLOW_METRICS_LISTEN }, 'metrics endpoint not started'));
+  }
   const alerts = new Alerts({ url: cfg.SYNCFLOW_ALERT_WEBHOOK_URL, secret: cfg.SYNCFLOW_ALERT_WEBHOOK_SECRET }, metrics, log);
   const deps = {
     jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, log,
