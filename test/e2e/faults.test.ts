@@ -148,7 +148,11 @@ describe('pause and resume', () => {
     await waitFor(async () => {
       const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
       return j.tasks.every((t) => t.state === 'TASK_STATE_DONE' || t.state === 'TASK_STATE_PENDING');
-    }, { what: 'every table stopped', timeoutMs: 60_000 });
+    }, { what: 'every table stopped', timeoutMs: 60_000 }).catch(async (e) => {
+      const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
+      const logs = await stack.cli(['job', 'logs', jobId]);
+      throw new Error(`${(e as Error).message}\nA1 ${stack.agent(agentIds.a).tail(12)}\n${JSON.stringify(j.tasks.map((t) => [t.table, t.state]))}\n${logs.stdout}\n${stack.logs().split('\n').filter((l) => !l.includes('"level":20')).join('\n')}`);
+    });
     const stopped = await committed('pause', jobId);
     await sleep(3_000);
     expect(await committed('pause', jobId)).toBe(stopped);

@@ -76,12 +76,13 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
       }
     } catch (e) {
       throw failure ?? e;
+    } finally {
+      // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
+      // from the stream's read(); if that happened on the last chunk, read() is never called again
+      // after the end, and the COMMIT's (or ROLLBACK's) answer would never be read. Resume it once more.
+      (stream as unknown as { _read?: () => void })._read?.();
     }
     if (failure !== undefined) throw failure;
-    // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
-    // from the stream's read(); if that happened on the last chunk, read() is never called again
-    // after the end, and the COMMIT's answer would never be read. Resume it once more.
-    (stream as unknown as { _read?: () => void })._read?.();
     const tail = batcher.end();
     if (tail) await emit(toBatch(tail));
   });
