@@ -116,7 +116,7 @@ describe('the target database down for 20 s', () => {
     await b.stop();
     await sleep(20_000);
     await b.start();
-    let job = await finish('outage', jobId);
+    let job = await finish('outage', jobId, 150_000);
     const breaker = stack.agent(agentIds.b).logs().includes('circuit breaker open');
     let retried = 0;
     if (job.state !== 'JOB_STATE_COMPLETED') {
@@ -134,7 +134,7 @@ describe('the target database down for 20 s', () => {
     console.log(`[faults] outage: breaker opened: ${breaker}; dead letters retried: ${retried}`);
     expect(job.state, `${job.error}\n${stack.logs()}`).toBe('JOB_STATE_COMPLETED');
     await verify('outage', jobId, `pg outage (${retried} dead letters retried)`);
-  });
+  }, 400_000);
 });
 
 describe('pause and resume', () => {
