@@ -40,7 +40,8 @@ beforeAll(async () => {
       SYNCFLOW_ALERT_WEBHOOK_URL: `http://127.0.0.1:${hookPort}/alerts`, SYNCFLOW_ALERT_WEBHOOK_SECRET: SECRET,
       SYNCFLOW_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
     },
-    env: { SYNCFLOW_TASK_ACK_WAIT_MS: "3000" },
+    // max_deliver 2: the third test kills the agent of a task twice
+    env: { SYNCFLOW_TASK_ACK_WAIT_MS: "3000", SYNCFLOW_TASK_MAX_DELIVER: "2" },
   });
   api = new Api(stack.coordinatorAddress);
   a = stack.region('a');
@@ -143,5 +144,42 @@ describe('one table fails for good', () => {
     expect(bad.stderr.trim().split('\n')).toHaveLength(1);
     const badDlq = await stack.cli(['dlq', 'retry', 'x1']);
     expect(badDlq.code).toBe(2);
+  });
+
+  it('a task whose agents die on every delivery is dead-lettered from the max-deliveries advisory, never stuck', async () => {
+    await createTarget(b, 'dst3');
+    await api.call('CreateConnection', { name: 'dst3', url: b.url('dst3'), group: 'b' });
+    // Hold orders locked against writes on the target (reads still work): its task stays in flight while its agents are killed.
+    const lock = await b.sql('dst3').reserve();
+    await lock`BEGIN`;
+    await lock`LOCK TABLE orders IN SHARE MODE`;
+    let released = false;
+    try {
+      const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst3', mode: 'SYNC_MODE_UPSERT', max_attempts: 5 });
+      const attempts = async () => (await api.call<pb.Job__Output>('GetJob', { id: started.id })).tasks.find((t) => t.table === 'orders')!;
+      let source = 'a-1';
+      for (const n of [1, 2]) {
+        await waitFor(async () => (await attempts()).attempts >= n, { what: `orders delivery ${n}`, timeoutMs: 60_000 });
+        await stack.agent(source).kill('SIGKILL');
+        source = (await stack.startAgent('a')).name.replace(/^agent-/, '');
+      }
+      const job = await api.waitJob(started.id, 90_000);
+      expect(job.state, stack.logs()).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
+      const orders = job.tasks.find((t) => t.table === 'orders')!;
+      expect(orders.state).toBe('TASK_STATE_FAILED');
+      expect(orders.error).toMatch(/max_deliver/);
+      await lock`ROLLBACK`;
+      released = true;
+      const dls = (await api.call<pb.ListDeadLettersResponse__Output>('ListDeadLetters', { job_id: started.id, limit: 10, include_retried: false })).dead_letters;
+      expect(dls.map((d) => d.error_code)).toEqual(['max_deliver']);
+      const r = await stack.cli(['dlq', 'retry', dls[0]!.id, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const done = await api.waitJob(started.id, 120_000);
+      expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+      expect(await expectSame(a.sql('src'), b.sql('dst3'))).toEqual({ diff: [], duplicates: 0 });
+    } finally {
+      if (!released) await lock`ROLLBACK`.catch(() => undefined);
+      lock.release();
+    }
   });
 });

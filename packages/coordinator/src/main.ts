@@ -14,6 +14,7 @@ import { DeadLetterStore } from './store/dead-letters.js';
 import { Metrics } from './alerts/metrics.js';
 import { Alerts } from './alerts/webhook.js';
 import { startTimeoutSweep } from './run/control.js';
+import { watchMaxDeliveries } from './events/advisories.js';
 
 async function main(): Promise<void> {
   const cfg = parseEnv(coordinatorEnv);
@@ -47,6 +48,7 @@ async function main(): Promise<void> {
   const events = new EventConsumer(js, n, deps.jobs, runner, log, deps);
   events.start();
   const stopSweep = startTimeoutSweep(sql, runner, deps);
+  const stopAdvisories = await watchMaxDeliveries(nc, js, jsm, n, log);
 
   const { server, health } = createServer(['syncflow.v1.SyncService']);
   server.addService(loadProtos().proto.syncflow.v1.SyncService.service, syncService(deps, runner, sealer, cfg.SYNCFLOW_API_TOKEN, log));
@@ -66,6 +68,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'coordinator stopping');
     health.setStatus('', 'NOT_SERVING');
     stopSweep();
+    stopAdvisories();
     metrics.close();
     await new Promise<void>((r) => server.tryShutdown(() => r()));
     await events.stop();
