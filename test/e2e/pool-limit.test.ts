@@ -55,7 +55,7 @@ it(`a 50-table sync stays within ${POOL_MAX} pooled connections per agent and da
     }
   })();
   const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst', mode: 'SYNC_MODE_UPSERT', batch_bytes: 64 * 1024 });
-  const final = await api.waitJob(job.id, 300_000).finally(() => { done = true; });
+  const final = await api.waitJob(job.id, 90_000).catch(async (e) => { const j = await api.call<pb.Job__Output>('GetJob', { id: job.id }); throw new Error(`${(e as Error).message} ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${stack.logs().split('\n').filter((l) => !l.includes('"level":30')).slice(-40).join('\n')}`); }).finally(() => { done = true; });
   await poll;
   console.log(`[pool] peak connections: source ${src.pool} pooled + ${src.snapshot} snapshot, target ${dst.pool} pooled (limit ${POOL_MAX} per agent)`);
   expect(final.state, final.error).toBe('JOB_STATE_COMPLETED');
