@@ -182,4 +182,23 @@ describe('one table fails for good', () => {
       lock.release();
     }
   });
+
+  it('a job past its timeout_seconds is cancelled like `job cancel`, with the reason', async () => {
+    await createTarget(b, 'dst4');
+    await api.call('CreateConnection', { name: 'dst4', url: b.url('dst4'), group: 'b' });
+    const lock = await b.sql('dst4').reserve();
+    await lock`BEGIN`;
+    await lock`LOCK TABLE orders IN SHARE MODE`; // orders cannot finish: the job runs on past its timeout
+    try {
+      const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst4', '--job-timeout', '3', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const id = (JSON.parse(r.stdout) as pb.Job__Output).id;
+      const job = await api.waitJob(id, 60_000);
+      expect(job.state).toBe('JOB_STATE_CANCELLED');
+      expect(job.error).toBe('timed out after 3 s');
+    } finally {
+      await lock`ROLLBACK`.catch(() => undefined);
+      lock.release();
+    }
+  });
 });
