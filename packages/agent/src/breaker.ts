@@ -65,9 +65,9 @@ export class Breaker {
     this.#failures++;
     if (this.#failures < this.opts.threshold) return;
     if (probe || this.#failures === this.opts.threshold) {
+      if (probe) this.#cooldown = Math.min(this.#cooldown * 2, this.opts.maxCooldownMs ?? 60_000);
       this.#openUntil = Date.now() + this.#cooldown;
       this.log.warn({ database: this.db, code: err.code, open_ms: this.#cooldown }, 'circuit breaker open: not connecting to this database for a while');
-      if (probe) this.#cooldown = Math.min(this.#cooldown * 2, this.opts.maxCooldownMs ?? 60_000);
     }
   }
 

@@ -21,10 +21,10 @@ CREATE TABLE dead_letters (
   error       text NOT NULL,
   attempts    int NOT NULL,
   history     jsonb NOT NULL DEFAULT '[]',
-  publish     int NOT NULL DEFAULT 0,    -- tasks.publishes when it failed: one dead letter per publish and attempt
+  publish     int NOT NULL DEFAULT 0,    -- tasks.publishes when it failed: one dead letter per publish of the task
   stream_seq  bigint NOT NULL DEFAULT 0,
   created_at  timestamptz NOT NULL DEFAULT now(),
   retried_at  timestamptz,
-  UNIQUE (task_id, publish, attempts)
+  UNIQUE (task_id, publish)
 );
 CREATE INDEX dead_letters_job ON dead_letters (job_id, id);

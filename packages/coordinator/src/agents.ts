@@ -1,5 +1,5 @@
 import {
-  grpc, loadProtos, clientOptions, channelCredentials, call, injectContext, toSyncflowError,
+  grpc, loadProtos, clientOptions, channelCredentials, call, injectContext, toSyncflowError, SyncflowError, ErrorKind,
   type AgentRegistry, type pb, type TlsFiles,
 } from '@syncflow/shared';
 
@@ -9,13 +9,22 @@ export class AgentLink {
   constructor(private registry: AgentRegistry, private tls: TlsFiles) {}
 
   async call<Res>(group: string, method: keyof pb.AgentServiceClient & string, req: object, deadlineMs = 60_000): Promise<Res> {
-    const agent = await this.registry.pick(group);
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
-    try {
-      return await call<object, Res>(this.#client(agent.address), method, req, { metadata: md, deadlineMs });
-    } catch (e) {
-      throw toSyncflowError(e, `agent ${agent.id} (group ${group})`);
+    // A killed agent stays in the registry until its entry expires: when the call never reached
+    // it (UNAVAILABLE without our trailers), try the group's other live agents.
+    const tried = new Set<string>();
+    for (;;) {
+      const others = (await this.registry.list(group)).filter((a) => !tried.has(a.id));
+      const agent = tried.size === 0 ? await this.registry.pick(group) : others[Math.floor(Math.random() * others.length)];
+      if (!agent) throw new SyncflowError(ErrorKind.Unavailable, `no reachable agent serves group "${group}"`, { code: 'no_agent', retryable: true });
+      tried.add(agent.id);
+      try {
+        return await call<object, Res>(this.#client(agent.address), method, req, { metadata: md, deadlineMs });
+      } catch (e) {
+        const unreached = (e as grpc.ServiceError).code === grpc.status.UNAVAILABLE && !(e as grpc.ServiceError).metadata?.get('sf-code')?.length;
+        if (!unreached || tried.size >= 5) throw toSyncflowError(e, `agent ${agent.id} (group ${group})`);
+      }
     }
   }
 

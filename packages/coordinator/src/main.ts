@@ -14,6 +14,7 @@ import { DeadLetterStore } from './store/dead-letters.js';
 import { Metrics } from './alerts/metrics.js';
 import { Alerts } from './alerts/webhook.js';
 import { startTimeoutSweep } from './run/control.js';
+import { watchMaxDeliveries } from './events/advisories.js';
 
 async function main(): Promise<void> {
   const cfg = parseEnv(coordinatorEnv);
@@ -35,7 +36,10 @@ async function main(): Promise<void> {
   const rates = await JobRates.open(nc, n);
   const agents = new AgentLink(registry, tls);
   const metrics = new Metrics();
-  if (cfg.SYNCFLOW_METRICS_LISTEN !== 'off') await metrics.listen(cfg.SYNCFLOW_METRICS_LISTEN, log);
+  if (cfg.SYNCFLOW_METRICS_LISTEN !== 'off') {
+    // A taken metrics port must not stop syncing: say so loudly and go on without the endpoint.
+    await metrics.listen(cfg.SYNCFLOW_METRICS_LISTEN, log).catch((e) => log.error({ err: (e as Error).message, address: cfg.SYNCFLOW_METRICS_LISTEN }, 'metrics endpoint not started'));
+  }
   const alerts = new Alerts({ url: cfg.SYNCFLOW_ALERT_WEBHOOK_URL, secret: cfg.SYNCFLOW_ALERT_WEBHOOK_SECRET }, metrics, log);
   const deps = {
     jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, rates, log,
@@ -45,6 +49,7 @@ async function main(): Promise<void> {
   const events = new EventConsumer(js, n, deps.jobs, runner, log, deps);
   events.start();
   const stopSweep = startTimeoutSweep(sql, runner, deps);
+  const stopAdvisories = await watchMaxDeliveries(nc, js, jsm, n, log);
 
   const { server, health } = createServer(['syncflow.v1.SyncService']);
   server.addService(loadProtos().proto.syncflow.v1.SyncService.service, syncService(deps, runner, sealer, cfg.SYNCFLOW_API_TOKEN, log));
@@ -64,6 +69,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'coordinator stopping');
     health.setStatus('', 'NOT_SERVING');
     stopSweep();
+    stopAdvisories();
     metrics.close();
     await shutdownServer(server);
     await events.stop();

@@ -112,8 +112,18 @@ export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | nu
 }
 
 async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): Promise<void> {
-  const w = await (query as unknown as { writable(): Promise<NodeJS.WritableStream> }).writable();
-  await pipeline(Readable.from([data]), w);
+  // postgres.js resolves a COPY query with its stream at CopyInResponse; when the server refuses a
+  // row after the stream has ended (bad data: check, FK, type), it only calls query.reject, which
+  // is then a no-op, and the stream's final callback never comes: the apply would hang forever.
+  // Hook that reject so the error reaches us and the transaction rolls back.
+  const q = query as unknown as { writable(): Promise<NodeJS.WritableStream>; reject: (e: unknown) => void };
+  let fail!: (e: unknown) => void;
+  const failed = new Promise<never>((_, rej) => { fail = rej; });
+  failed.catch(() => undefined);
+  const reject = q.reject;
+  q.reject = (e: unknown) => { fail(e); reject(e); };
+  const w = await q.writable();
+  await Promise.race([pipeline(Readable.from([data]), w), failed]);
 }
 
 const andAll = (sql: Sql, parts: ReturnType<Sql['unsafe']>[]) => joinFragments(sql, parts, ' AND ');

@@ -34,6 +34,7 @@ export interface LedgerPosition { seq: number; lastKey: string[] | null }
 /** Where a task stands on this target: its highest committed batch and that batch's last key. */
 export async function ledgerPosition(sql: Sql, jobId: string, taskId: string): Promise<LedgerPosition> {
   const [row] = await sql<{ seq: string; last_key: string[] | null }[]>`
-    SELECT seq::text, last_key FROM syncflow.ledger WHERE job_id = ${jobId} AND task_id = ${taskId} ORDER BY seq DESC LIMIT 1`;
+    SELECT l.seq::text AS seq, l.last_key FROM syncflow.ledger l WHERE l.job_id = ${jobId} AND l.task_id = ${taskId} ORDER BY l.seq DESC LIMIT 1`;
+  // (ORDER BY l.seq, the bigint: a bare "seq" would sort the text output column, and 9 > 22.)
   return row ? { seq: Number(row.seq), lastKey: row.last_key } : { seq: 0, lastKey: null };
 }

@@ -78,14 +78,30 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     const toBatch = (b: CutBatch): ReadBatch => ({
       ...b, firstKey: k ? leadingFields(b.firstRow, k) : [], lastKey: k ? leadingFields(b.lastRow, k) : [],
     });
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      batcher.setTarget(size());
-      for (const b of batcher.push(chunk)) await emit(toBatch(b));
+    // A failing emit (target refused a batch, cancel, pause) must not leave the COPY half-read:
+    // breaking out would destroy the stream while postgres.js keeps the socket paused, and the
+    // transaction would never end. Cancel the query on the server and drain what is in flight.
+    let failure: unknown;
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        if (failure !== undefined) continue;
+        try {
+          batcher.setTarget(size());
+          for (const b of batcher.push(chunk)) await emit(toBatch(b));
+        } catch (e) {
+          failure = e;
+          void Promise.resolve((query as unknown as { cancel(): unknown }).cancel()).catch(() => undefined);
+        }
+      }
+    } catch (e) {
+      throw failure ?? e;
+    } finally {
+      // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
+      // from the stream's read(); if that happened on the last chunk, read() is never called again
+      // after the end, and the COMMIT's (or ROLLBACK's) answer would never be read. Resume it once more.
+      (stream as unknown as { _read?: () => void })._read?.();
     }
-    // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
-    // from the stream's read(); if that happened on the last chunk, read() is never called again
-    // after the end, and the COMMIT's answer would never be read. Resume it once more.
-    (stream as unknown as { _read?: () => void })._read?.();
+    if (failure !== undefined) throw failure;
     const tail = batcher.end();
     if (tail) await emit(toBatch(tail));
   });

@@ -60,6 +60,12 @@ export class TransferSender {
     return seq;
   }
 
+  /** Waits until every batch sent so far is acknowledged (committed on the target): a pause keeps them. */
+  async settle(): Promise<void> {
+    while (this.#inflight > 0 && !this.#failure) await new Promise<void>((r) => this.#waiters.push(r));
+    if (this.#failure) throw this.#failure;
+  }
+
   /** Ends the stream and waits for the target's final ack (everything committed). */
   async finish(totalRows: number): Promise<pb.TransferAck__Output> {
     this.log.debug({ batches: this.#seq, rows: totalRows }, 'stream end sent; waiting for the final ack');

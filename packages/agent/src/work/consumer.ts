@@ -53,23 +53,25 @@ export class TaskConsumer {
     }
   }
 
+  // term() without a reason: nats-server 2.9 does not know "+TERM <reason>", ignores it, and
+  // redelivers the task after the ack wait.
   async #handle(m: JsMsg): Promise<void> {
     const { log, names, js } = this.deps;
     const parsed = taskMessage.safeParse(decodeJson(m.data));
     if (!parsed.success) {
       log.error({ subject: m.subject, issues: parsed.error.issues.length }, 'malformed task message; terminated');
-      m.term('malformed task');
+      m.term();
       return;
     }
     const task = parsed.data;
     const delivery = m.info.deliveryCount;
     if (await this.deps.flags.isCancelled(task.job_id)) {
-      m.term('job cancelled');
+      m.term();
       return;
     }
     if (await this.deps.flags.isPaused(task.job_id)) {
       await this.#paused(task, delivery);
-      m.term('job paused'); // republished on resume
+      m.term(); // republished on resume
       return;
     }
     const ctrl = new AbortController();
@@ -89,16 +91,16 @@ export class TaskConsumer {
       if (err.code === 'paused') {
         // Stopped after a committed batch; the coordinator republishes the task on resume.
         await this.#paused(task, delivery);
-        m.term('job paused');
+        m.term();
         return;
       }
-      if (cancelled) { m.term('job cancelled'); return; }
+      if (cancelled) { m.term(); return; }
       await publishEvent(js, names, {
         type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
         error: { kind: err.kind, code: err.code, message: err.message, retryable: err.retryable }, final: !retry, delivery,
       }, `${task.task_id}:failed:${delivery}`).catch(() => undefined);
       if (retry) m.nak(backoffMs(delivery, { attempts: this.opts.maxDeliver, baseMs: 500, maxMs: 30_000 }));
-      else m.term(err.code);
+      else m.term();
     } finally {
       clearInterval(keepAlive);
       this.#active.delete(`${task.task_id}:${delivery}`);

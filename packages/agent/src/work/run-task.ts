@@ -117,7 +117,15 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       };
       const { snapshot } = await readTable(sql, readSpec, tlog, async (b) => {
         if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
-        if (await deps.flags.isPaused(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job paused', { code: 'paused' });
+        if (await deps.flags.isPaused(task.job_id)) {
+          // Let the batches in flight commit (their acks become the checkpoint); only the batch in
+          // hand is read again on resume.
+          await sender.settle().catch(() => undefined);
+          if (lastAck.seq > 0) {
+            await emit({ ...base, type: 'checkpoint', at: now(), seq: lastAck.seq, last_key: lastAck.key, rows, bytes, batches }, `${task.task_id}:cp:${lastAck.seq}:${delivery}`).catch(() => undefined);
+          }
+          throw new SyncflowError(ErrorKind.Cancelled, 'job paused', { code: 'paused' });
+        }
         if (skip > 0) { skip--; return; }
         const waited = await limiter.take(b.rows, b.data.length);
         if (waited > 5_000) tlog.info({ waited_ms: waited }, 'reader held back by the job rate limit');

@@ -68,7 +68,7 @@ export async function deadLetter(d: RunnerDeps, e: Failed): Promise<boolean> {
     error: { ...e.error, message: scrubSecrets(e.error.message) }, attempts: e.delivery, history, at: e.at,
     task: task.message, // sealed URLs only, as published
   };
-  const ack = await d.js.publish(d.names.deadLetterSubject(group), JSON.stringify(payload), { msgID: `${e.task_id}:dlq:${task.publishes}:${e.delivery}` });
+  const ack = await d.js.publish(d.names.deadLetterSubject(group), JSON.stringify(payload), { msgID: `${e.task_id}:dlq:${task.publishes}` });
   const fresh = await d.deadLetters.add({
     job_id: e.job_id, task_id: e.task_id, error_code: e.error.code, error: message, attempts: e.delivery, history, publish: task.publishes, stream_seq: ack.seq,
   });

@@ -12,12 +12,12 @@ const COLS = `d.id::text, d.job_id, d.task_id, t.schema_name, t.table_name, d.er
 export class DeadLetterStore {
   constructor(private sql: Sql) {}
 
-  /** Records a dead letter once per (task, publish, attempt): a redelivered `failed` event adds nothing. */
+  /** Records a dead letter once per (task, publish): a redelivered `failed` event adds nothing. */
   async add(d: { job_id: string; task_id: string; error_code: string; error: string; attempts: number; history: string[]; publish: number; stream_seq: number }): Promise<boolean> {
     const r = await this.sql`
       INSERT INTO dead_letters (job_id, task_id, error_code, error, attempts, history, publish, stream_seq)
       VALUES (${d.job_id}, ${d.task_id}, ${d.error_code}, ${d.error}, ${d.attempts}, ${this.sql.json(d.history)}, ${d.publish}, ${d.stream_seq})
-      ON CONFLICT (task_id, publish, attempts) DO NOTHING`;
+      ON CONFLICT (task_id, publish) DO NOTHING`;
     return r.count > 0;
   }
 

@@ -1,0 +1,204 @@
+import { createServer, type Server } from 'node:http';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestStack, freePort, waitFor, type PgCluster } from '../harness/index.js';
+import { Api } from '../harness/api.js';
+import { loadSource, createTarget, expectSame, SMALL } from '../fixtures/reliability.js';
+import type { pb } from '../../packages/shared/src/index.js';
+
+/**
+ * Per-table recovery and dead letters: one table fails for good (a CHECK constraint only the target
+ * has refuses some of its rows: a data error, not retryable); the other tables still sync, its FK
+ * child is blocked, the job ends completed_with_errors, the dead letter is listed, alerted (signed
+ * webhook, metric, error log) and, once the cause is fixed, retried to completion.
+ */
+
+const SECRET = 'webhook-secret-for-tests';
+let stack: TestStack;
+let api: Api;
+let a: PgCluster;
+let b: PgCluster;
+let hook: Server;
+const received: { body: string; signature: string }[] = [];
+let metricsPort = 0;
+
+beforeAll(async () => {
+  hook = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => { body += c; });
+    req.on('end', () => {
+      received.push({ body, signature: String(req.headers['x-syncflow-signature'] ?? '') });
+      res.writeHead(204).end();
+    });
+  });
+  const hookPort = await freePort();
+  await new Promise<void>((r) => hook.listen(hookPort, '127.0.0.1', () => r()));
+  metricsPort = await freePort();
+  stack = await TestStack.start({
+    coordinatorEnv: {
+      SYNCFLOW_ALERT_WEBHOOK_URL: `http://127.0.0.1:${hookPort}/alerts`, SYNCFLOW_ALERT_WEBHOOK_SECRET: SECRET,
+      SYNCFLOW_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+    },
+    // max_deliver 2: the third test kills the agent of a task twice
+    env: { SYNCFLOW_TASK_ACK_WAIT_MS: "3000", SYNCFLOW_TASK_MAX_DELIVER: "2" },
+  });
+  api = new Api(stack.coordinatorAddress);
+  a = stack.region('a');
+  b = stack.region('b');
+  await loadSource(a, 'src', SMALL);
+  await api.call('CreateConnection', { name: 'src', url: a.url('src'), group: 'a' });
+});
+
+afterAll(async () => {
+  api?.close();
+  await stack?.stop();
+  await new Promise((r) => hook?.close(r));
+});
+
+const validSignature = (body: string, sig: string) => {
+  const want = Buffer.from('sha256=' + createHmac('sha256', SECRET).update(body).digest('hex'));
+  return sig.length === want.length && timingSafeEqual(Buffer.from(sig), want);
+};
+
+async function failingJob(db: string): Promise<pb.Job__Output> {
+  // 10% of orders have total >= 900: the target refuses them (SQLSTATE 23514, not retryable).
+  await createTarget(b, db, 'ALTER TABLE orders ADD CONSTRAINT small_totals CHECK (total < 900);');
+  await api.call('CreateConnection', { name: db, url: b.url(db), group: 'b' });
+  const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: 64 * 1024, max_attempts: 2 });
+  try {
+    return await api.waitJob(started.id, 60_000);
+  } catch (e) {
+    const logs = await a.sql('control')`SELECT at::text, level, task_id, message FROM sync_logs WHERE job_id = ${started.id} ORDER BY id`;
+    const tasks = await a.sql('control')`SELECT id, state, error, attempts FROM tasks WHERE job_id = ${started.id}`;
+    throw new Error(`${(e as Error).message}\n${JSON.stringify(logs)}\n${JSON.stringify(tasks)}\n${stack.logs()}`);
+  }
+}
+
+const stateOf = (job: pb.Job__Output, table: string) => job.tasks.find((t) => t.table === table)?.state;
+
+describe('one table fails for good', () => {
+  it('the others finish, its child is blocked, the job ends completed_with_errors, the dead letter is alerted and retried', async () => {
+    const job = await failingJob('dst1');
+    expect(job.state, stack.logs()).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
+    expect(stateOf(job, 'orders')).toBe('TASK_STATE_FAILED');
+    expect(stateOf(job, 'items')).toBe('TASK_STATE_BLOCKED');
+    for (const t of ['customers', 'products', 'events']) expect(stateOf(job, t)).toBe('TASK_STATE_DONE');
+    expect(job.tasks.find((t) => t.table === 'items')!.error).toMatch(/blocked: parent table public\.orders failed/);
+    const dst = b.sql('dst1');
+    const src = a.sql('src');
+    const [{ n }] = await dst<{ n: number }[]>`SELECT count(*)::int AS n FROM customers`;
+    expect(n).toBe(SMALL.customers);
+
+    // Listed over gRPC through the CLI, with the error and the task's history.
+    const list = await stack.cli(['dlq', 'list', '--job', job.id, '--json']);
+    expect(list.code, list.stderr).toBe(0);
+    const dls = (JSON.parse(list.stdout) as pb.ListDeadLettersResponse__Output).dead_letters;
+    expect(dls).toHaveLength(1);
+    expect(dls[0]).toMatchObject({ table: 'orders', error_code: '23514', attempts: 1 });
+    expect(dls[0]!.history.join('\n')).toMatch(/started on agent a-1 \(attempt 1\)/);
+    expect(dls[0]!.error).toMatch(/check constraint/);
+    const human = await stack.cli(['dlq', 'list']);
+    expect(human.stdout).toMatch(/public\.orders/);
+
+    // The alert: a signed webhook POST, a metric, an error-level log line.
+    await waitFor(() => received.some((r) => JSON.parse(r.body).kind === 'dead_letter'), { what: 'the dead-letter webhook', timeoutMs: 30_000 });
+    const alert = received.find((r) => JSON.parse(r.body).kind === 'dead_letter')!;
+    expect(validSignature(alert.body, alert.signature)).toBe(true);
+    expect(validSignature(alert.body + ' ', alert.signature)).toBe(false);
+    expect(JSON.parse(alert.body)).toMatchObject({ job_id: job.id, table: 'public.orders', error_code: '23514' });
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/^syncflow_dead_letters_total 1$/m);
+    expect(metrics).toMatch(/^syncflow_jobs_total\{state="completed_with_errors"\} 1$/m);
+    expect(stack.coordinator!.logs()).toMatch(/"level":50.*"alert":"dead_letter"|"alert":"dead_letter".*"level":50/);
+
+    // Fix the cause, retry the dead letter: orders resumes from its checkpoint, items follows.
+    await dst`ALTER TABLE orders DROP CONSTRAINT small_totals`;
+    const retried = await stack.cli(['dlq', 'retry', dls[0]!.id]);
+    expect(retried.code, retried.stderr).toBe(0);
+    const done = await api.waitJob(job.id, 120_000);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    expect(await expectSame(src, dst)).toEqual({ diff: [], duplicates: 0 });
+    const again = await stack.cli(['dlq', 'list', '--job', job.id, '--json']);
+    expect((JSON.parse(again.stdout) as pb.ListDeadLettersResponse__Output).dead_letters).toHaveLength(0);
+    const logs = await stack.cli(['job', 'logs', job.id]);
+    expect(logs.code, logs.stderr).toBe(0);
+    expect(logs.stdout).toMatch(/dead letter \d+ retried/);
+    expect(logs.stdout).toMatch(/job completed with errors/);
+  });
+
+  it('`job retry --failed` re-runs only what failed', async () => {
+    const job = await failingJob('dst2');
+    expect(job.state).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
+    const doneBefore = job.tasks.filter((t) => t.state === 'TASK_STATE_DONE').map((t) => [t.id, t.finished_at]);
+    await b.sql('dst2')`ALTER TABLE orders DROP CONSTRAINT small_totals`;
+    const r = await stack.cli(['job', 'retry', job.id, '--failed']);
+    expect(r.code, r.stderr).toBe(0);
+    const done = await api.waitJob(job.id, 120_000);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    // Tables that were done were not run again.
+    for (const [id, at] of doneBefore) expect(done.tasks.find((t) => t.id === id)!.finished_at).toBe(at);
+    expect(await expectSame(a.sql('src'), b.sql('dst2'))).toEqual({ diff: [], duplicates: 0 });
+    const bad = await stack.cli(['job', 'retry', job.id]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr.trim().split('\n')).toHaveLength(1);
+    const badDlq = await stack.cli(['dlq', 'retry', 'x1']);
+    expect(badDlq.code).toBe(2);
+  });
+
+  it('a task whose agents die on every delivery is dead-lettered from the max-deliveries advisory, never stuck', async () => {
+    await createTarget(b, 'dst3');
+    await api.call('CreateConnection', { name: 'dst3', url: b.url('dst3'), group: 'b' });
+    // Hold orders locked against writes on the target (reads still work): its task stays in flight while its agents are killed.
+    const lock = await b.sql('dst3').reserve();
+    await lock`BEGIN`;
+    await lock`LOCK TABLE orders IN SHARE MODE`;
+    let released = false;
+    try {
+      const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst3', mode: 'SYNC_MODE_UPSERT', max_attempts: 5 });
+      const attempts = async () => (await api.call<pb.Job__Output>('GetJob', { id: started.id })).tasks.find((t) => t.table === 'orders')!;
+      let source = 'a-1';
+      for (const n of [1, 2]) {
+        await waitFor(async () => (await attempts()).attempts >= n, { what: `orders delivery ${n}`, timeoutMs: 60_000 });
+        await stack.agent(source).kill('SIGKILL');
+        source = (await stack.startAgent('a')).name.replace(/^agent-/, '');
+      }
+      const job = await api.waitJob(started.id, 90_000);
+      expect(job.state, stack.logs()).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
+      const orders = job.tasks.find((t) => t.table === 'orders')!;
+      expect(orders.state).toBe('TASK_STATE_FAILED');
+      expect(orders.error).toMatch(/max_deliver/);
+      await lock`ROLLBACK`;
+      released = true;
+      const dls = (await api.call<pb.ListDeadLettersResponse__Output>('ListDeadLetters', { job_id: started.id, limit: 10, include_retried: false })).dead_letters;
+      expect(dls.map((d) => d.error_code)).toEqual(['max_deliver']);
+      const r = await stack.cli(['dlq', 'retry', dls[0]!.id, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const done = await api.waitJob(started.id, 120_000);
+      expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+      expect(await expectSame(a.sql('src'), b.sql('dst3'))).toEqual({ diff: [], duplicates: 0 });
+    } finally {
+      if (!released) await lock`ROLLBACK`.catch(() => undefined);
+      lock.release();
+    }
+  });
+
+  it('a job past its timeout_seconds is cancelled like `job cancel`, with the reason', async () => {
+    await createTarget(b, 'dst4');
+    await api.call('CreateConnection', { name: 'dst4', url: b.url('dst4'), group: 'b' });
+    const lock = await b.sql('dst4').reserve();
+    await lock`BEGIN`;
+    await lock`LOCK TABLE orders IN SHARE MODE`; // orders cannot finish: the job runs on past its timeout
+    try {
+      const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst4', '--job-timeout', '3', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const id = (JSON.parse(r.stdout) as pb.Job__Output).id;
+      const job = await api.waitJob(id, 60_000);
+      expect(job.state).toBe('JOB_STATE_CANCELLED');
+      expect(job.error).toBe('timed out after 3 s');
+    } finally {
+      await lock`ROLLBACK`.catch(() => undefined);
+      lock.release();
+    }
+  });
+});
