@@ -4,10 +4,12 @@ import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
 import { prepareTarget, finalizeTarget } from './apply/target.js';
+import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
+import { safetyHandlers } from './safety-rpc.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
-export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger): pb.AgentServiceHandlers {
+export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, undoRetentionHours = 168): pb.AgentServiceHandlers {
   const conn = (c: pb.SealedConnection__Output | null) => {
     if (!c?.sealed_url) throw invalidArgument('connection is required');
     return { c, ...pools.get(c) };
@@ -34,6 +36,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       const { sql, c } = conn(req.connection);
       await checkReachable(sql, c.name);
       const n = await prepareTarget(sql, req.job_id, req.defer_constraints, log);
+      await purgeUndo(sql, undoRetentionHours);
       return { constraints_deferred: n };
     }),
     FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
@@ -41,6 +44,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       return finalizeTarget(sql, req, log);
     }),
     Transfer: transferHandler(pools, log),
+    ...safetyHandlers(pools, log, traced, undoRetentionHours),
   } as pb.AgentServiceHandlers;
 }
 export { grpc };

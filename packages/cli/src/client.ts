@@ -52,6 +52,10 @@ interface Unary {
   ListJobs: [pb.ListJobsRequest, pb.ListJobsResponse__Output];
   CancelJob: [pb.GetJobRequest, pb.Job__Output];
   GetJobLogs: [pb.GetJobRequest, pb.JobLogs__Output];
+  RollbackJob: [pb.RollbackJobRequest, pb.RollbackResult__Output];
+  ListRejects: [pb.ListRejectsRequest, pb.RejectList__Output];
+  GetJobReport: [pb.GetJobRequest, pb.JobReport__Output];
+  Verify: [pb.VerifyRequest, pb.VerifyReport__Output];
 }
 export type UnaryMethod = keyof Unary;
 

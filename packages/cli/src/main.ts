@@ -7,6 +7,7 @@ import { registerConnection } from './commands/connection.js';
 import { registerJob } from './commands/job.js';
 import { registerLocal } from './commands/local.js';
 import { registerSync } from './commands/sync.js';
+import { registerSafety } from './commands/safety.js';
 import { oneLine, reportError, usageError } from './output.js';
 
 /**
@@ -77,8 +78,12 @@ export function buildProgram(): Command {
   registerSync(group);
   registerJob(group);
   registerLocal(group);
+  registerSafety(program);
   // leaf commands take exactly their declared arguments
-  for (const g of program.commands) for (const c of g.commands) c.allowExcessArguments(false);
+  for (const g of program.commands) {
+    for (const c of g.commands) c.allowExcessArguments(false);
+    if (g.commands.length === 0) g.allowExcessArguments(false);
+  }
   return program;
 }
 

@@ -6,6 +6,8 @@ import { createConnectionReq, nameReq, syncSpecReq, jobIdReq, listJobsReq, parse
 import { renderConnection, renderJob } from './api/render.js';
 import { gatherAndPlan } from './plan/gather.js';
 import { startJob } from './run/start.js';
+import { dryRun } from './plan/dry-run.js';
+import { safetyHandlers } from './api/safety.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
 
 /** Binds SyncService: authenticate, validate, delegate. No logic of its own. */
@@ -17,7 +19,10 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   const syncRequest = async (raw: unknown) => {
     const s = parseReq(syncSpecReq, raw);
     const [from, to] = await Promise.all([d.connections.get(s.from), d.connections.get(s.to)]);
-    return { from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES };
+    return {
+      from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES,
+      confirm: s.confirm, createMissing: s.create_missing, dryRun: s.dry_run, onBadRow: s.on_bad_row, onFailure: s.on_failure,
+    };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
 
@@ -35,7 +40,12 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       log.info({ connection: name }, 'connection deleted');
       return { deleted: true };
     }),
-    PlanSync: authed(async (raw: pb.SyncSpec__Output) => (await gatherAndPlan(d.agents, await syncRequest(raw))).plan),
+    PlanSync: authed(async (raw: pb.SyncSpec__Output) => {
+      const req = await syncRequest(raw);
+      const planned = await gatherAndPlan(d.agents, req);
+      if (req.dryRun && !planned.plan.checks?.some((c) => c.severity === 'error')) planned.plan.dry_run = await dryRun(d.agents, req, planned);
+      return planned.plan;
+    }),
     StartSync: authed(async (raw: pb.SyncSpec__Output) => jobView(await startJob(d, runner, await syncRequest(raw)))),
     GetJob: authed(async (raw: pb.GetJobRequest__Output) => jobView(parseReq(jobIdReq, raw).id)),
     ListJobs: authed(async (raw: pb.ListJobsRequest__Output) => {
@@ -54,6 +64,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       const rows = await d.jobs.logs(id);
       return { entries: rows.map((r) => ({ at: r.at, level: r.level, task_id: r.task_id ?? '', message: r.message })) };
     }),
+    ...safetyHandlers(d, authed),
     WatchJob: (call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>) => {
       watch(call, d, apiToken, jobView).catch((e) => call.emit('error', toGrpcError(e)));
     },

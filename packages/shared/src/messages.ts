@@ -34,6 +34,8 @@ export const taskMessage = z.object({
   mirror: z.boolean(),
   batch_bytes: z.number().int().min(4096),
   trace: z.record(z.string(), z.string()).default({}),
+  /** Rows the target refuses: quarantine (default), skip, or fail the task. */
+  on_bad_row: z.enum(['fail', 'skip', 'quarantine']).default('quarantine'),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

@@ -29,7 +29,7 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
   if (first.done || !header) throw invalidArgument('a Transfer stream must start with a header');
   const spec: ApplySpec = {
     jobId: header.job_id, taskId: header.task_id, schema: header.schema, table: header.table,
-    columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror,
+    columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror, onBadRow: header.on_bad_row,
     key: { columns: header.key_columns, types: [] },
   };
   if (!header.target) throw invalidArgument('Transfer header has no target connection');
@@ -63,7 +63,8 @@ async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
         batches = Math.max(batches, Number(b.seq));
         if (r.duplicate) duplicates++; else applied++;
         call.write({ seq: b.seq, last_key: lastKey ? { values: lastKey } : null, rows: b.rows, duplicate: r.duplicate,
-          rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked });
+          rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked, rows_quarantined: r.quarantined });
+        if (r.quarantined) tlog.warn({ seq: b.seq, quarantined: r.quarantined }, 'rows refused by the target were quarantined');
       } else if (msg.end) {
         const marked = await applyEnd(sql, spec, prevKey, batches);
         span.setAttribute('syncflow.batches', applied);

@@ -56,7 +56,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       const start = await sender.open({
         job_id: task.job_id, task_id: task.task_id, target: { name: task.target.name, sealed_url: task.target.sealed_url },
         schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
-        method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror,
+        method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror, on_bad_row: task.on_bad_row,
       });
       await emit({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       const keyless = task.key_columns.length === 0;

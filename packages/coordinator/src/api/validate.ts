@@ -21,9 +21,21 @@ export const syncSpecReq = z.object({
   tables: z.array(z.string().min(1).max(300)).max(10_000),
   mode: z.enum(['SYNC_MODE_UNSPECIFIED', 'SYNC_MODE_UPSERT', 'SYNC_MODE_MIRROR']).transform((m) => (m === 'SYNC_MODE_MIRROR' ? 'mirror' : 'upsert') as 'upsert' | 'mirror'),
   batch_bytes: z.coerce.number().int().refine((n) => n === 0 || (n >= 64 * 1024 && n <= 32 * 1024 * 1024), 'must be 0 (default) or between 64 KiB and 32 MiB'),
+  confirm: z.string().max(63).default(''),
+  create_missing: z.boolean().default(false),
+  dry_run: z.boolean().default(false),
+  on_bad_row: z.enum(['', 'quarantine', 'skip', 'fail']).default('').transform((v) => (v || 'quarantine') as 'quarantine' | 'skip' | 'fail'),
+  on_failure: z.enum(['', 'keep', 'rollback']).default('').transform((v) => (v || 'keep') as 'keep' | 'rollback'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 
 export const jobIdReq = z.object({ id: z.string().uuid('must be a job id (uuid)') });
+export const rollbackReq = z.object({ id: z.string().uuid('must be a job id (uuid)'), force: z.boolean().default(false) });
+export const rejectsReq = z.object({ id: z.string().uuid('must be a job id (uuid)'), limit: z.number().int().min(0).max(100_000).transform((n) => n || 1000) });
+export const verifyReq = z.object({
+  from: connName, to: connName,
+  tables: z.array(z.string().min(1).max(300)).max(10_000),
+  max_keys: z.number().int().min(0).max(100_000).transform((n) => n || 100),
+}).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 export const listJobsReq = z.object({ limit: z.number().int().min(0).max(1000).transform((n) => n || 50) });
 
 export function parseReq<T extends z.ZodTypeAny>(schema: T, req: unknown): z.infer<T> {

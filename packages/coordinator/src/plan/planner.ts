@@ -1,8 +1,9 @@
 import {
-  parseTableRef, displayName, notFound, failedPrecondition, applyMethodToProto,
+  parseTableRef, displayName, notFound, applyMethodToProto,
   type pb, type ApplyMethod, type TaskMessage,
 } from '@syncflow/shared';
 import { orderLevels, type FkEdge } from './graph.js';
+import { tableChecks } from './checks.js';
 import type { PlanRecord } from '../store/jobs.js';
 
 export interface PlanInput {
@@ -16,6 +17,8 @@ export interface PlanInput {
   to: { name: string; sealed_url: string; group: string };
   snapshotId: string;
   trace: Record<string, string>;
+  createMissing?: boolean;
+  onBadRow?: 'fail' | 'skip' | 'quarantine';
 }
 
 export interface Planned {
@@ -43,25 +46,22 @@ export function planSync(input: PlanInput): Planned {
     notes.push(`FK cycle or self-reference among ${c.join(', ')}: its foreign keys are set aside on the target during the load, then restored and validated`);
   }
 
-  const problems: string[] = [];
+  const checks: pb.PlanCheck[] = [];
+  const missing: { schema: string; name: string }[] = [];
   const tablePlans: pb.TablePlan[] = [];
   const tasks: Planned['tasks'] = [];
   selected.forEach((t, i) => {
     const name = displayName(t.schema, t.name);
-    const tt = targetByKey.get(keyOf(t));
-    if (!tt) { problems.push(`table ${name} does not exist on target "${input.to.name}" (create it first, e.g. from pg_dump --schema-only)`); return; }
+    const found = targetByKey.get(keyOf(t));
+    const tableChecksFound = tableChecks(t, found, { targetName: input.to.name, createMissing: Boolean(input.createMissing) });
+    checks.push(...tableChecksFound);
+    if (tableChecksFound.some((c) => c.severity === 'error')) return;
+    // --create-missing: the table will be created from the source's definition, empty.
+    if (!found) missing.push({ schema: t.schema, name: t.name });
+    const tt = found ?? { ...t, has_rows: false };
     const columns = t.columns.filter((c) => !c.generated);
-    const targetCols = new Map(tt.columns.map((c) => [c.name, c]));
-    const missing = columns.filter((c) => !targetCols.has(c.name)).map((c) => c.name);
-    if (missing.length) { problems.push(`table ${name}: target lacks column(s) ${missing.join(', ')}`); return; }
-    const generatedOnTarget = columns.filter((c) => targetCols.get(c.name)!.generated).map((c) => c.name);
-    if (generatedOnTarget.length) { problems.push(`table ${name}: column(s) ${generatedOnTarget.join(', ')} are generated on the target but not on the source`); return; }
     const key = t.primary_key;
     const tableNotes: string[] = [];
-    if (key.length && tt.has_rows && !sameSet(key, tt.primary_key)) {
-      problems.push(`table ${name}: the target has no primary or unique key on (${key.join(', ')}), needed to upsert into a non-empty table`);
-      return;
-    }
     let method: ApplyMethod;
     if (!tt.has_rows) method = 'copy';
     else if (key.length) method = 'upsert';
@@ -98,11 +98,10 @@ export function planSync(input: PlanInput): Planned {
       message: {
         v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
         schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
-        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace,
+        mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, on_bad_row: input.onBadRow ?? 'quarantine',
       },
     });
   });
-  if (problems.length) throw failedPrecondition(problems.join('; '), 'schema_mismatch');
 
   const selectedSet = new Set(selected.map(keyOf));
   const record: PlanRecord = {
@@ -118,8 +117,17 @@ export function planSync(input: PlanInput): Planned {
       return { schema, table, name: e.name };
     }),
     sourceGroup: input.from.group, targetGroup: input.to.group,
+    createTables: missing, postDdl: [],
   };
-  return { plan: { tables: tablePlans, levels: levels.count, notes }, record, tasks };
+  const estimatedRows = tablePlans.reduce((n, t) => n + Number(t.row_estimate), 0);
+  const estimatedBytes = tablePlans.reduce((n, t) => n + Number(t.bytes), 0);
+  const plan: pb.Plan = {
+    tables: tablePlans, levels: levels.count, notes, checks,
+    estimated_rows: estimatedRows, estimated_bytes: estimatedBytes,
+    // A rough figure: ~20 MB/s through COPY, stage and upsert on modest hardware, plus a second per table.
+    estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + tablePlans.length,
+  };
+  return { plan, record, tasks };
 }
 
 function typeOf(t: pb.Table__Output, col: string) {
@@ -132,7 +140,6 @@ function splitKey(k: string, tables: pb.Table__Output[]): [string, string] {
   return [t.schema, t.name];
 }
 
-const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
 
 /** Resolves the user's table list against the source; unknown names are NOT_FOUND, all named at once. */
 function selectTables(all: pb.Table__Output[], wanted: readonly string[]): pb.Table__Output[] {

@@ -5,6 +5,7 @@ import type { JobStore, JobRow } from '../store/jobs.js';
 import type { ConnectionStore } from '../store/connections.js';
 import type { AgentLink } from '../agents.js';
 import { publishTask } from '../assign/publish.js';
+import { rollbackOnFailure } from './rollback.js';
 
 export interface RunnerDeps {
   jobs: JobStore;
@@ -63,7 +64,7 @@ export class JobRunner {
       const to = await this.d.connections.get(job.to_conn);
       const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'FinalizeTarget', {
         job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url },
-        delete_order: job.plan.deleteOrder, sequences: job.plan.sequences,
+        delete_order: job.plan.deleteOrder, sequences: job.plan.sequences, post_ddl: job.plan.postDdl ?? [],
       }, 30 * 60_000);
       await this.d.jobs.setFinalized(job.id, Number(reply.rows_deleted));
       await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
@@ -87,6 +88,7 @@ export class JobRunner {
     if (await this.d.jobs.moveJob(job.id, 'failed', { error: message })) {
       await this.d.jobs.log(job.id, null, 'error', `job failed: ${message}`);
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
+      await rollbackOnFailure(this.d, { ...job, state: 'failed' });
     }
   }
 
