@@ -60,13 +60,33 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     const toBatch = (b: CutBatch): ReadBatch => ({
       ...b, firstKey: k ? leadingFields(b.firstRow, k) : [], lastKey: k ? leadingFields(b.lastRow, k) : [],
     });
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
-      for (const b of batcher.push(chunk)) await emit(toBatch(b));
+    // When emit fails (the target refused a batch, the job was cancelled), the COPY must still be
+    // ended on this connection before the transaction can roll back, and postgres.js only resumes a
+    // paused socket from the stream's reads: cancel the query and keep reading (discarding) until
+    // the server stops, else the ROLLBACK's answer is never read and the task hangs.
+    let failure: { e: unknown } | undefined;
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        if (failure) continue;
+        try {
+          for (const b of batcher.push(chunk)) await emit(toBatch(b));
+        } catch (e) {
+          failure = { e };
+          log.debug({ table: spec.table }, 'emit failed; cancelling the COPY and draining it');
+          void (query as unknown as { cancel?: () => Promise<void> }).cancel?.()?.catch?.(() => undefined);
+        }
+      }
+    } catch (e) {
+      if (!failure) throw e;
     }
     // postgres.js pauses its socket when a COPY chunk fills the stream's buffer and resumes it
     // from the stream's read(); if that happened on the last chunk, read() is never called again
-    // after the end, and the COMMIT's answer would never be read. Resume it once more.
+    // after the end, and the COMMIT's (or ROLLBACK's) answer would never be read. Resume it once more.
     (stream as unknown as { _read?: () => void })._read?.();
+    if (failure) {
+      log.debug({ table: spec.table }, 'COPY drained after a failure');
+      throw failure.e;
+    }
     const tail = batcher.end();
     if (tail) await emit(toBatch(tail));
   });

@@ -14,16 +14,21 @@ type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
  */
 export function transferHandler(pools: Pools, log: Logger): grpc.handleBidiStreamingCall<pb.TransferMessage__Output, pb.TransferAck> {
   return (call: Call) => {
-    serve(call, pools, log).catch((e) => {
+    const it = call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferMessage__Output>;
+    serve(call, it, pools, log).catch((e) => {
       const err = toSyncflowError(e);
       log.warn({ code: err.code, err: err.message }, 'transfer failed on the target');
       call.emit('error', toGrpcError(err));
+      // grpc-js holds the status back while a received message is still being delivered: keep
+      // reading (and dropping) the batches in flight, or the sender never learns of the failure.
+      void (async () => {
+        try { while (!(await it.next()).done) { /* discard */ } } catch { /* the call ended */ }
+      })();
     });
   };
 }
 
-async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
-  const it = call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferMessage__Output>;
+async function serve(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, pools: Pools, log: Logger): Promise<void> {
   const first = await it.next();
   const header = first.value?.header;
   if (first.done || !header) throw invalidArgument('a Transfer stream must start with a header');
