@@ -62,8 +62,8 @@ describe('quarantine', () => {
     expect(plan.checks.some((c) => c.severity === 'error')).toBe(false);
   });
 
-  it('37 bad rows of 200,000 are quarantined with their reason, all the others are applied', async () => {
-    const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--tables', 'accounts', '--wait']);
+  it('37 bad rows of 200,000 are quarantined with their reason, all the others are applied', { timeout: 700_000 }, async () => {
+    const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--tables', 'accounts', '--wait'], { timeoutMs: 600_000 });
     expect(r.code, r.stderr + r.stdout.slice(-3000)).toBe(0);
     expect(r.stdout).toMatch(/37 row\(s\) refused by the target were quarantined: syncflow job rejects [0-9a-f-]{36}/);
     const jobId = /job ([0-9a-f-]{36}) started/.exec(r.stdout)![1]!;

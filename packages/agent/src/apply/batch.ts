@@ -133,8 +133,17 @@ export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | nu
 }
 
 async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): Promise<void> {
-  const w = await (query as unknown as { writable(): Promise<NodeJS.WritableStream> }).writable();
-  await pipeline(Readable.from([data]), w);
+  // When the server refuses a row after the whole buffer was written, postgres.js hands the error
+  // only to query.reject (its promise already resolved with the stream) and never finishes the
+  // stream: waiting on the pipeline alone hung forever. Hook reject to see the error.
+  const q = query as unknown as { reject: (e: unknown) => void; writable(): Promise<NodeJS.WritableStream> };
+  let fail: (e: unknown) => void = () => undefined;
+  const failed = new Promise<never>((_, reject) => { fail = reject; });
+  failed.catch(() => undefined);
+  const reject = q.reject;
+  q.reject = (e: unknown) => { fail(e); reject(e); };
+  const w = await q.writable();
+  await Promise.race([pipeline(Readable.from([data]), w), failed]);
 }
 
 const andAll = (sql: Sql, parts: ReturnType<Sql['unsafe']>[]) => joinFragments(sql, parts, ' AND ');
