@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { ident, identList, type Sql, type ApplyMethod } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from '../read/keys.js';
 import {
-  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, captureBeforeImages, keyTextArray, type UndoTarget,
+  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, type ChunkCounts } from './quarantine.js';
 
@@ -66,14 +66,13 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
       if (keyCols.length === 0) {
         r = { inserted: await insertKeylessLogged(t, u, stage, spec.method === 'append'), updated: 0 };
       } else if (spec.method === 'copy') {
-        r = { inserted: await upsertLogged(t, u, stage, null), updated: 0 };
+        r = await upsertLogged(t, u, stage, null);
       } else {
         const onConflict = rest.length === 0
           ? t`DO NOTHING`
           : t`DO UPDATE SET (${identList(t, rest)}) = ROW(${identList(t, rest, 'excluded')})
                WHERE ROW(${identList(t, rest, 't')})::text IS DISTINCT FROM ROW(${identList(t, rest, 'excluded')})::text`;
-        const updated = await captureBeforeImages(t, u, stage);
-        r = { inserted: await upsertLogged(t, u, stage, onConflict), updated };
+        r = await upsertLogged(t, u, stage, onConflict);
       }
       if (stage !== 'sf_stage') {
         if (keepStage) await t`INSERT INTO sf_stage SELECT * FROM ${st}`;

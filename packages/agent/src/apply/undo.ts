@@ -85,52 +85,38 @@ export function rowText(sql: Sql, cols: readonly string[], alias: string) {
 }
 
 /**
- * Before an upsert: the before-image of every target row the stage will change (same rule as the
- * upsert's WHERE), locked until commit so nobody changes it between the image and the upsert.
- * Returns how many rows will be updated.
+ * Keyed insert or upsert from the stage, logged in the same statement: before-images of the
+ * target rows the stage meets (read from the statement's snapshot, i.e. before the upsert, and
+ * locked), joined to what the upsert returns — a returned row with a before-image was updated
+ * ('u': before-image and after-hash), one without was inserted ('i': key and after-hash).
+ * One statement per chunk: its cost follows the chunk, not the rows already logged.
  */
-export async function captureBeforeImages(tx: Sql, u: UndoTarget, stage: string): Promise<number> {
-  const keyCols = u.key.columns;
-  const rest = u.columns.filter((c) => !keyCols.includes(c));
-  if (rest.length === 0) return 0;
-  const keyEq = joinFragments(tx, keyCols.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`), ' AND ');
-  const r = await tx`
-    INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before)
-    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'u', ${keyTextArray(tx, keyCols, 't')}, t::text
-    FROM ${ident(tx, u.schema, u.table)} t JOIN ${ident(tx, stage)} s ON ${keyEq}
-    WHERE ROW(${identList(tx, rest, 't')})::text IS DISTINCT FROM ROW(${identList(tx, rest, 's')})::text
-    FOR UPDATE OF t`;
-  return r.count;
-}
-
-/**
- * Keyed insert or upsert from the stage, logging in the same statement: the after-hash of updated
- * rows (their before-image was captured just before) and the key and after-hash of inserted rows.
- * Returns how many rows were inserted.
- */
-export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, conflict: ReturnType<Sql['unsafe']> | null): Promise<number> {
+export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, conflict: ReturnType<Sql['unsafe']> | null): Promise<{ inserted: number; updated: number }> {
   const table = ident(tx, u.schema, u.table);
   const cols = identList(tx, u.columns);
+  const st = ident(tx, stage);
   const key = keyTextArray(tx, u.key.columns, 't');
   if (!conflict) {
     const r = await tx`
-      WITH ins AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${ident(tx, stage)}
+      WITH ins AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st}
                    RETURNING ${key} AS key, md5(t::text) AS h)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, after_hash)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'i', key, h FROM ins`;
-    return r.count;
+    return { inserted: r.count, updated: 0 };
   }
-  const r = await tx`
-    WITH up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${ident(tx, stage)}
+  const keyEq = joinFragments(tx, u.key.columns.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`), ' AND ');
+  const [r] = await tx<{ i: string; u: string }[]>`
+    WITH b AS (SELECT ${key} AS key, t::text AS before FROM ${table} t JOIN ${st} s ON ${keyEq} FOR UPDATE OF t),
+         -- the InitPlan over b makes every before-image read (and locked) before the first row is written
+         up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st} WHERE (SELECT count(*) FROM b) >= 0
                 ON CONFLICT (${identList(tx, u.key.columns)}) ${conflict}
                 RETURNING ${key} AS key, md5(t::text) AS h),
-         upd AS (UPDATE syncflow.undo_log l SET after_hash = up.h FROM up
-                 WHERE l.job_id = ${u.jobId} AND l.task_id = ${u.taskId} AND l.seq = ${u.seq} AND l.op = 'u' AND l.key = up.key
-                 RETURNING l.key)
-    INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, after_hash)
-    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'i', up.key, up.h FROM up
-    WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.key = up.key)`;
-  return r.count;
+         logged AS (INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before, after_hash)
+                    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, CASE WHEN b.key IS NULL THEN 'i' ELSE 'u' END, up.key, b.before, up.h
+                    FROM up LEFT JOIN b ON b.key = up.key
+                    RETURNING op)
+    SELECT count(*) FILTER (WHERE op = 'i')::text AS i, count(*) FILTER (WHERE op = 'u')::text AS u FROM logged`;
+  return { inserted: Number(r!.i), updated: Number(r!.u) };
 }
 
 /** Keyless insert from the stage (all rows, or with `onlyNew` those not already on the target), each logged by its row text. */
