@@ -58,17 +58,17 @@ describe('pre-flight', () => {
   it('plan reports a missing column, a narrower type and a missing table; start refuses; nothing is written', async () => {
     const plan = await api.call<pb.Plan__Output>('PlanSync', { from: 'src', to: 'partial' });
     const byCode = (code: string) => plan.checks.filter((c) => c.code === code);
-    expect(byCode('missing_column')).toMatchObject([{ severity: 'error', table: 'customers', column: 'email' }]);
-    expect(byCode('narrowing')).toMatchObject([{ severity: 'warning', table: 'customers', column: 'balance' }]);
+    expect(byCode('missing_column')).toMatchObject([{ severity: 'error', table: 'public.customers', column: 'email' }]);
+    expect(byCode('narrowing')).toMatchObject([{ severity: 'warning', table: 'public.customers', column: 'balance' }]);
     expect(byCode('narrowing')[0]!.message).toMatch(/numeric\(12,2\) → numeric\(8,2\); values beyond 6 integer digits are refused/);
-    expect(byCode('missing_table')).toMatchObject([{ severity: 'error', table: 'orders' }]);
+    expect(byCode('missing_table')).toMatchObject([{ severity: 'error', table: 'public.orders' }]);
     expect(Number(plan.estimated_rows)).toBeGreaterThan(0);
 
     const r = await stack.cli(['sync', 'plan', '--from', 'src', '--to', 'partial']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/ERROR +table customers: target lacks column email \(text\)/);
-    expect(r.stdout).toMatch(/WARNING +table customers, column balance: narrower on the target/);
-    expect(r.stdout).toMatch(/ERROR +table orders does not exist on target "partial"/);
+    expect(r.stdout).toMatch(/ERROR +table public.customers: target lacks column email \(text\)/);
+    expect(r.stdout).toMatch(/WARNING +table public.customers, column balance: narrower on the target/);
+    expect(r.stdout).toMatch(/ERROR +table public.orders does not exist on target "partial"/);
     expect(r.stdout).toMatch(/2 error\(s\): sync start will refuse this plan/);
 
     const s = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'partial']);
@@ -83,7 +83,7 @@ describe('pre-flight', () => {
     await b.exec('partial', 'DROP TABLE customers; CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE, balance numeric(8,2), created timestamptz);');
     const plan = await api.call<pb.Plan__Output>('PlanSync', { from: 'src', to: 'partial', create_missing: true });
     expect(plan.checks.filter((c) => c.severity === 'error')).toEqual([]);
-    expect(plan.checks.find((c) => c.code === 'create_table')?.table).toBe('orders');
+    expect(plan.checks.find((c) => c.code === 'create_table')?.table).toBe('public.orders');
     const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'partial', '--create-missing', '--wait']);
     expect(r.code, r.stderr + r.stdout.slice(-2000)).toBe(0);
     const src = await databaseHashes(a.sql('app'));
@@ -126,7 +126,9 @@ describe('dry run', () => {
     const dry = new Map(plan.dry_run.map((t) => [t.table, t]));
     expect(dry.get('customers')).toMatchObject({ inserts: '100', deletes: '2' });
     expect(Number(dry.get('customers')!.updates)).toBe(271); // ids divisible by 7 up to 1900
+    const t0 = Date.now();
     const text = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--mode', 'mirror', '--dry-run']);
+    expect(text.code, `${text.stderr} after ${Date.now() - t0} ms`).toBe(0);
     expect(text.stdout).toMatch(/dry run \(nothing written\):/);
 
     const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst', mode: 'SYNC_MODE_MIRROR', confirm: 'dst' });

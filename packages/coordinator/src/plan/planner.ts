@@ -119,13 +119,14 @@ export function planSync(input: PlanInput): Planned {
     sourceGroup: input.from.group, targetGroup: input.to.group,
     createTables: missing, postDdl: [],
   };
-  const estimatedRows = tablePlans.reduce((n, t) => n + Number(t.row_estimate), 0);
-  const estimatedBytes = tablePlans.reduce((n, t) => n + Number(t.bytes), 0);
+  // Over every selected table, planned or refused: what the job would move once the plan is fixed.
+  const estimatedRows = selected.reduce((n, t) => n + Number(t.row_estimate), 0);
+  const estimatedBytes = selected.reduce((n, t) => n + Number(t.bytes), 0);
   const plan: pb.Plan = {
     tables: tablePlans, levels: levels.count, notes, checks,
     estimated_rows: estimatedRows, estimated_bytes: estimatedBytes,
     // A rough figure: ~20 MB/s through COPY, stage and upsert on modest hardware, plus a second per table.
-    estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + tablePlans.length,
+    estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + selected.length,
   };
   return { plan, record, tasks };
 }
