@@ -45,7 +45,7 @@ async function snapshotOf(db: string) {
 }
 
 beforeAll(async () => {
-  stack = await TestStack.start({ env: process.env.H4DEBUG ? { SYNCFLOW_LOG_LEVEL: 'debug' } : {} });
+  stack = await TestStack.start();
   api = new Api(stack.coordinatorAddress);
   a = stack.region('a');
   b = stack.region('b');

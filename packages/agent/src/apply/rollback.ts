@@ -96,7 +96,7 @@ async function findConflicts(tx: Sql, jobId: string, t: UndoTable): Promise<{ co
     const changed = await tx<{ key: string[]; op: string }[]>`
       SELECT u.key, u.op FROM syncflow.undo_log u
       WHERE ${where} AND u.op IN ('i', 'u')
-        AND NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${keyMatch(tx, t, 't', 'u.key')} AND md5(t::text) = u.after_hash)`;
+        AND NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${keyMatch(tx, t, 't', 'u.key')} AND md5(ROW(t.*)::text) = u.after_hash)`;
     const back = await tx<{ key: string[] }[]>`
       SELECT u.key FROM syncflow.undo_log u
       WHERE ${where} AND u.op = 'd' AND EXISTS (SELECT 1 FROM ${table} t WHERE ${keyMatch(tx, t, 't', 'u.key')})`;

@@ -53,7 +53,7 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
         WITH d AS (DELETE FROM ${ident(tx, t.schema, t.name)} t USING syncflow.pending_deletes p
                    WHERE p.job_id = ${req.job_id} AND p.schema_name = ${t.schema} AND p.table_name = ${t.name}
                      AND ${keyCompareColumns(tx, key, keyValues)}
-                   RETURNING ${keyTextArray(tx, key.columns, 't')} AS key, t::text AS r)
+                   RETURNING ${keyTextArray(tx, key.columns, 't')} AS key, ROW(t.*)::text AS r)
         INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before)
         SELECT ${req.job_id}, 'finalize', 0, ${t.schema}, ${t.name}, 'd', key, r FROM d`;
       await tx`DELETE FROM syncflow.pending_deletes WHERE job_id = ${req.job_id} AND schema_name = ${t.schema} AND table_name = ${t.name}`;

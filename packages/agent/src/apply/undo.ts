@@ -99,18 +99,18 @@ export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, confli
   if (!conflict) {
     const r = await tx`
       WITH ins AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st}
-                   RETURNING ${key} AS key, md5(t::text) AS h)
+                   RETURNING ${key} AS key, md5(ROW(t.*)::text) AS h)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, after_hash)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'i', key, h FROM ins`;
     return { inserted: r.count, updated: 0 };
   }
   const keyEq = joinFragments(tx, u.key.columns.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`), ' AND ');
   const [r] = await tx<{ i: string; u: string }[]>`
-    WITH b AS (SELECT ${key} AS key, t::text AS before FROM ${table} t JOIN ${st} s ON ${keyEq} FOR UPDATE OF t),
+    WITH b AS (SELECT ${key} AS key, ROW(t.*)::text AS before FROM ${table} t JOIN ${st} s ON ${keyEq} FOR UPDATE OF t),
          -- the InitPlan over b makes every before-image read (and locked) before the first row is written
          up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st} WHERE (SELECT count(*) FROM b) >= 0
                 ON CONFLICT (${identList(tx, u.key.columns)}) ${conflict}
-                RETURNING ${key} AS key, md5(t::text) AS h),
+                RETURNING ${key} AS key, md5(ROW(t.*)::text) AS h),
          logged AS (INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before, after_hash)
                     SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, CASE WHEN b.key IS NULL THEN 'i' ELSE 'u' END, up.key, b.before, up.h
                     FROM up LEFT JOIN b ON b.key = up.key
@@ -137,7 +137,7 @@ export async function insertKeylessLogged(tx: Sql, u: UndoTarget, stage: string,
 /** Deletes every row of a keyless table (mirror's replace), keeping their before-images. */
 export async function deleteAllLogged(tx: Sql, u: UndoTarget): Promise<number> {
   const r = await tx`
-    WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t RETURNING t::text AS r)
+    WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t RETURNING ROW(t.*)::text AS r)
     INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
     SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
   return r.count;
