@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   }, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
   const snapshots = new SnapshotHolder(log);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
-  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log));
+  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
   const port = await bind(server, cfg.SYNCFLOW_LISTEN, serverCredentials(tls));
   const address = cfg.SYNCFLOW_ADVERTISE ?? `${cfg.SYNCFLOW_LISTEN.replace(/:\d+$/, '')}:${port}`;
 

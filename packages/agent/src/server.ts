@@ -4,11 +4,13 @@ import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
 import { prepareTarget, finalizeTarget } from './apply/target.js';
+import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
 import { splitPoints } from './read/split.js';
+import { safetyHandlers } from './safety-rpc.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
-export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger): pb.AgentServiceHandlers {
+export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, undoRetentionHours = 168): pb.AgentServiceHandlers {
   const conn = (c: pb.SealedConnection__Output | null) => {
     if (!c?.sealed_url) throw invalidArgument('connection is required');
     return { c, ...pools.get(c) };
@@ -34,7 +36,9 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     PrepareTarget: traced('prepare target', async (req: pb.PrepareTargetRequest__Output) => {
       const { sql, c } = conn(req.connection);
       await checkReachable(sql, c.name);
-      return prepareTarget(sql, req, log);
+      const reply = await prepareTarget(sql, req, log);
+      await purgeUndo(sql, undoRetentionHours);
+      return reply;
     }),
     FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
       const { sql } = conn(req.connection);
@@ -45,6 +49,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       return splitPoints(sql, req);
     }),
     Transfer: transferHandler(pools, log),
+    ...safetyHandlers(pools, log, traced, undoRetentionHours),
   } as pb.AgentServiceHandlers;
 }
 export { grpc };

@@ -58,6 +58,10 @@ interface Unary {
   PauseJob: [pb.GetJobRequest, pb.Job__Output];
   ResumeJob: [pb.GetJobRequest, pb.Job__Output];
   SetJobRate: [pb.SetJobRateRequest, pb.Job__Output];
+  RollbackJob: [pb.RollbackJobRequest, pb.RollbackResult__Output];
+  ListRejects: [pb.ListRejectsRequest, pb.RejectList__Output];
+  GetJobReport: [pb.GetJobRequest, pb.JobReport__Output];
+  Verify: [pb.VerifyRequest, pb.VerifyReport__Output];
 }
 export type UnaryMethod = keyof Unary;
 

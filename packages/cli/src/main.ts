@@ -8,6 +8,7 @@ import { registerJob } from './commands/job.js';
 import { registerDlq } from './commands/dlq.js';
 import { registerLocal } from './commands/local.js';
 import { registerSync } from './commands/sync.js';
+import { registerSafety } from './commands/safety.js';
 import { oneLine, reportError, usageError } from './output.js';
 
 /**
@@ -79,8 +80,12 @@ export function buildProgram(): Command {
   registerJob(group);
   registerDlq(group);
   registerLocal(group);
+  registerSafety(program);
   // leaf commands take exactly their declared arguments
-  for (const g of program.commands) for (const c of g.commands) c.allowExcessArguments(false);
+  for (const g of program.commands) {
+    for (const c of g.commands) c.allowExcessArguments(false);
+    if (g.commands.length === 0) g.allowExcessArguments(false);
+  }
   return program;
 }
 

@@ -7,6 +7,8 @@ import { renderConnection, renderJob } from './api/render.js';
 import { gatherAndPlan } from './plan/gather.js';
 import { DEFAULT_SPLIT_ROWS } from './plan/split.js';
 import { startJob } from './run/start.js';
+import { dryRun } from './plan/dry-run.js';
+import { safetyHandlers } from './api/safety.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
 import { reliabilityService } from './api/reliability.js';
 
@@ -22,6 +24,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
     return {
       from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, maxAttempts: s.max_attempts, timeoutSeconds: s.timeout_seconds,
       splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes, maxRowsPerS: s.max_rows_per_s, maxBytesPerS: s.max_bytes_per_s,
+      confirm: s.confirm, createMissing: s.create_missing, dryRun: s.dry_run, onBadRow: s.on_bad_row, onFailure: s.on_failure,
     };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));
@@ -40,7 +43,12 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       log.info({ connection: name }, 'connection deleted');
       return { deleted: true };
     }),
-    PlanSync: authed(async (raw: pb.SyncSpec__Output) => (await gatherAndPlan(d.agents, await syncRequest(raw))).plan),
+    PlanSync: authed(async (raw: pb.SyncSpec__Output) => {
+      const req = await syncRequest(raw);
+      const planned = await gatherAndPlan(d.agents, req);
+      if (req.dryRun && !planned.plan.checks?.some((c) => c.severity === 'error')) planned.plan.dry_run = await dryRun(d.agents, req, planned);
+      return planned.plan;
+    }),
     StartSync: authed(async (raw: pb.SyncSpec__Output) => jobView(await startJob(d, runner, await syncRequest(raw)))),
     GetJob: authed(async (raw: pb.GetJobRequest__Output) => jobView(parseReq(jobIdReq, raw).id)),
     ListJobs: authed(async (raw: pb.ListJobsRequest__Output) => {
@@ -68,6 +76,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       await d.jobs.log(r.id, null, 'info', `rate limits set to ${r.max_rows_per_s || 'unlimited'} rows/s, ${r.max_bytes_per_s || 'unlimited'} bytes/s`);
       return jobView(r.id);
     }),
+    ...safetyHandlers(d, authed),
     WatchJob: (call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>) => {
       watch(call, d, apiToken, jobView).catch((e) => call.emit('error', toGrpcError(e)));
     },

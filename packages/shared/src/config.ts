@@ -72,6 +72,8 @@ export const agentEnv = z.object({
   SYNCFLOW_INFLIGHT_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
   /** Largest gRPC message accepted (bytes); batches are cut well below it. */
   SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
+  /** Hours a job's undo log is kept on its target (for rollback) before it is purged. */
+  SYNCFLOW_UNDO_RETENTION_HOURS: z.coerce.number().int().min(1).max(24 * 365).default(168),
 });
 export type AgentConfig = Readonly<z.infer<typeof agentEnv>>;
 

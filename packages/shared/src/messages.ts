@@ -39,6 +39,8 @@ export const taskMessage = z.object({
   trace: z.record(z.string(), z.string()).default({}),
   /** Tries of this task before a failure is final (dead letter); retryable errors only. */
   max_attempts: z.number().int().min(1).max(100).default(3),
+  /** Rows the target refuses: quarantine (default), skip, or fail the task. */
+  on_bad_row: z.enum(['fail', 'skip', 'quarantine']).default('quarantine'),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

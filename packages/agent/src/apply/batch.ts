@@ -3,6 +3,10 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ident, identList, type Sql, type ApplyMethod } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from '../read/keys.js';
+import {
+  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, type UndoTarget,
+} from './undo.js';
+import { applyBisecting, badRowPolicy, type ChunkCounts } from './quarantine.js';
 
 export interface ApplySpec {
   jobId: string;
@@ -13,6 +17,7 @@ export interface ApplySpec {
   key: KeySpec;
   method: ApplyMethod;
   mirror: boolean;
+  onBadRow?: string;
 }
 
 export interface IncomingBatch {
@@ -23,59 +28,65 @@ export interface IncomingBatch {
   lastKey: string[] | null;
 }
 
-export interface Applied { duplicate: boolean; inserted: number; updated: number; marked: number }
+export interface Applied { duplicate: boolean; inserted: number; updated: number; marked: number; quarantined: number }
 
 /**
  * Applies one batch in one transaction together with its ledger row; a batch whose ledger row
- * exists is skipped. READ COMMITTED: each upserted row is locked and written atomically, and a
- * concurrent writer of the same row is waited for, not silently overwritten mid-statement (see
- * docs/architecture.md, "Isolation").
+ * exists is skipped. Every change is logged in the undo log in the same transaction (apply/undo.ts);
+ * rows the target refuses are bisected out and quarantined (apply/quarantine.ts) unless the job
+ * says on_bad_row = fail. READ COMMITTED: rows the batch updates are locked when their
+ * before-image is taken and written atomically, and a concurrent writer of the same row is waited
+ * for, not silently overwritten mid-statement (see docs/safety.md, "Isolation").
  */
 export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lowerKey: string[] | null): Promise<Applied> {
   return sql.begin('ISOLATION LEVEL READ COMMITTED', async (txAny) => {
     const tx = txAny as unknown as Sql;
+    await fenceBatch(tx, spec.jobId);
     const hash = createHash('sha256').update(b.data).digest('hex');
     const fresh = await tx`
       INSERT INTO syncflow.ledger (job_id, task_id, seq, first_key, last_key, rows, bytes, hash)
       VALUES (${spec.jobId}, ${spec.taskId}, ${b.seq}, ${b.firstKey}, ${b.lastKey}, ${b.rows}, ${b.data.length}, ${hash})
       ON CONFLICT DO NOTHING RETURNING 1`;
-    if (fresh.length === 0) return { duplicate: true, inserted: 0, updated: 0, marked: 0 };
+    if (fresh.length === 0) return { duplicate: true, inserted: 0, updated: 0, marked: 0, quarantined: 0 };
 
+    const u: UndoTarget = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
+    await registerUndoTable(tx, u);
     const table = ident(tx, spec.schema, spec.table);
     const cols = identList(tx, spec.columns);
-    if (spec.method === 'copy' || spec.method === 'replace') {
-      if (spec.method === 'replace' && b.seq === 1) await tx`DELETE FROM ${table}`;
-      await copyIn(tx, tx`COPY ${table} (${cols}) FROM STDIN`, b.data);
-      return { duplicate: false, inserted: b.rows, updated: 0, marked: 0 };
-    }
-
-    await tx`CREATE TEMP TABLE sf_stage ON COMMIT DROP AS SELECT ${cols} FROM ${table} WITH NO DATA`;
-    await copyIn(tx, tx`COPY sf_stage (${cols}) FROM STDIN`, b.data);
-    if (spec.method === 'append') {
-      const [r] = await tx<{ n: string }[]>`
-        WITH i AS (INSERT INTO ${table} (${cols}) OVERRIDING SYSTEM VALUE
-          SELECT ${identList(tx, spec.columns, 's')} FROM sf_stage s
-          WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE ROW(${identList(tx, spec.columns, 't')})::text = ROW(${identList(tx, spec.columns, 's')})::text)
-          RETURNING 1)
-        SELECT count(*)::text AS n FROM i`;
-      return { duplicate: false, inserted: Number(r!.n), updated: 0, marked: 0 };
-    }
-
+    if (spec.method === 'replace' && b.seq === 1) await deleteAllLogged(tx, u);
     const keyCols = spec.key.columns;
     const rest = spec.columns.filter((c) => !keyCols.includes(c));
-    const onConflict = rest.length === 0
-      ? tx`DO NOTHING`
-      : tx`DO UPDATE SET (${identList(tx, rest)}) = ROW(${identList(tx, rest, 'excluded')})
-           WHERE ROW(${identList(tx, rest, 't')})::text IS DISTINCT FROM ROW(${identList(tx, rest, 'excluded')})::text`;
-    // Rows of the batch not yet on the target: counted before the upsert (RETURNING xmax is not
-    // available on partitioned tables).
-    const keyEq = keyEquals(tx, keyCols);
-    const [missing] = await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM sf_stage s WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${keyEq})`;
-    const upsert = await tx`INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM sf_stage
-                            ON CONFLICT (${identList(tx, keyCols)}) ${onConflict}`;
-    const inserted = Number(missing!.n);
-    const marked = spec.mirror ? await markMissing(tx, spec, lowerKey, b.lastKey, true) : 0;
-    return { duplicate: false, inserted, updated: upsert.count - inserted, marked };
+    const keepStage = spec.mirror && spec.method === 'upsert';
+
+    const applyRows = async (t: Sql, data: Buffer, stage: string): Promise<ChunkCounts> => {
+      const st = ident(t, stage);
+      await t`CREATE TEMP TABLE ${st} ON COMMIT DROP AS SELECT ${cols} FROM ${table} WITH NO DATA`;
+      await copyIn(t, t`COPY ${st} (${cols}) FROM STDIN`, data);
+      let r: ChunkCounts;
+      if (keyCols.length === 0) {
+        r = { inserted: await insertKeylessLogged(t, u, stage, spec.method === 'append'), updated: 0 };
+      } else if (spec.method === 'copy') {
+        r = await upsertLogged(t, u, stage, null);
+      } else {
+        const onConflict = rest.length === 0
+          ? t`DO NOTHING`
+          : t`DO UPDATE SET (${identList(t, rest)}) = ROW(${identList(t, rest, 'excluded')})
+               WHERE ROW(${identList(t, rest, 't')})::text IS DISTINCT FROM ROW(${identList(t, rest, 'excluded')})::text`;
+        r = await upsertLogged(t, u, stage, onConflict);
+      }
+      if (stage !== 'sf_stage') {
+        if (keepStage) await t`INSERT INTO sf_stage SELECT * FROM ${st}`;
+        await t`DROP TABLE ${st}`;
+      }
+      return r;
+    };
+    const q = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, keyCount: keyCols.length, policy: badRowPolicy(spec.onBadRow) };
+    const r = await applyBisecting(tx, q, b.data, applyRows, async (t) => {
+      // Parts are applied one by one; mirror's marks still need every good key of the batch in sf_stage.
+      if (keepStage) await t`CREATE TEMP TABLE sf_stage ON COMMIT DROP AS SELECT ${cols} FROM ${table} WITH NO DATA`;
+    });
+    const marked = spec.mirror && spec.method === 'upsert' ? await markMissing(tx, spec, lowerKey, b.lastKey, true, b.seq) : 0;
+    return { duplicate: false, inserted: r.inserted, updated: r.updated, marked, quarantined: r.quarantined };
   });
 }
 
@@ -83,13 +94,18 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
  * Mirror mode: records the keys of target rows inside (lowerKey, upperKey] that the source did not
  * send. They are deleted at the end of the job, children before parents, so FKs hold throughout.
  */
-export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] | null, upperKey: string[] | null, withStage: boolean): Promise<number> {
+export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] | null, upperKey: string[] | null, withStage: boolean, seq?: number): Promise<number> {
   const k = spec.key;
   const conds = [];
   if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
   if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
   if (withStage) {
     conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns)})`);
+    // A row the source has but the target refused (quarantined) is not "gone from the source".
+    if (seq !== undefined) {
+      conds.push(tx`NOT EXISTS (SELECT 1 FROM syncflow.quarantine q WHERE q.job_id = ${spec.jobId} AND q.task_id = ${spec.taskId}
+                                  AND q.seq = ${seq} AND q.key = ${keyTextArray(tx, k.columns, 't')})`);
+    }
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
   const rows = await tx`
@@ -104,21 +120,24 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
 /** The end of a task's stream: mirror marks past the last key; a replace of an empty source empties the table. */
 export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | null, upto: string[] | null, batches: number): Promise<number> {
   if (spec.method === 'replace' && batches === 0) {
-    const r = await sql`DELETE FROM ${ident(sql, spec.schema, spec.table)}`;
-    return r.count;
+    return sql.begin(async (txAny) => {
+      const tx = txAny as unknown as Sql;
+      const u = { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
+      await registerUndoTable(tx, u);
+      return deleteAllLogged(tx, u);
+    });
   }
   if (!spec.mirror || spec.method !== 'upsert') return 0;
   return sql.begin(async (tx) => markMissing(tx as unknown as Sql, spec, lastKey, upto, false));
 }
 
 async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): Promise<void> {
-  // postgres.js resolves a COPY query with its stream at CopyInResponse; when the server refuses a
-  // row after the stream has ended (bad data: check, FK, type), it only calls query.reject, which
-  // is then a no-op, and the stream's final callback never comes: the apply would hang forever.
-  // Hook that reject so the error reaches us and the transaction rolls back.
-  const q = query as unknown as { writable(): Promise<NodeJS.WritableStream>; reject: (e: unknown) => void };
-  let fail!: (e: unknown) => void;
-  const failed = new Promise<never>((_, rej) => { fail = rej; });
+  // When the server refuses a row after the whole buffer was written, postgres.js hands the error
+  // only to query.reject (its promise already resolved with the stream) and never finishes the
+  // stream: waiting on the pipeline alone hung forever. Hook reject to see the error.
+  const q = query as unknown as { reject: (e: unknown) => void; writable(): Promise<NodeJS.WritableStream> };
+  let fail: (e: unknown) => void = () => undefined;
+  const failed = new Promise<never>((_, reject) => { fail = reject; });
   failed.catch(() => undefined);
   const reject = q.reject;
   q.reject = (e: unknown) => { fail(e); reject(e); };

@@ -1,4 +1,5 @@
 import type { Sql } from '@syncflow/shared';
+import { ensureSafetySchema } from './undo.js';
 
 /**
  * The syncflow schema on every target: the ledger that makes apply exactly-once, the keys that
@@ -26,6 +27,7 @@ export async function ensureTargetSchema(sql: Sql): Promise<void> {
       job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, name text NOT NULL, definition text NOT NULL,
       deferred_at timestamptz NOT NULL DEFAULT now(),
       PRIMARY KEY (schema_name, name))`;
+    await ensureSafetySchema(tx as unknown as Sql);
   });
 }
 

@@ -2,6 +2,7 @@ import { ident, toSyncflowError, type Sql, type Logger, type pb } from '@syncflo
 import { ensureTargetSchema } from './ledger.js';
 import { joinFragments } from '../read/keys.js';
 import { deferIndexes, restoreIndexes } from './defer-indexes.js';
+import { registerUndoTable, keyTextArray } from './undo.js';
 
 /**
  * Readies a target for a job: the syncflow schema; the FK constraints the plan sets aside — those
@@ -40,16 +41,26 @@ export async function prepareTarget(sql: Sql, req: pb.PrepareTargetRequest__Outp
  */
 export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Output, log: Logger): Promise<pb.TargetReply> {
   let rowsDeleted = 0;
+  // --create-missing: indexes and foreign keys of the tables created for this job, after their data.
+  for (const stmt of req.post_ddl) {
+    // DDL text built by the source agent from its catalog (pg_get_indexdef / pg_get_constraintdef), not user input.
+    await sql.unsafe(stmt).catch((e) => { throw toSyncflowError(e, 'creating indexes and foreign keys of created tables'); });
+  }
   for (const t of req.delete_order) {
     const key = { columns: t.key.map((k) => k.name), types: t.key.map((k) => ({ schema: k.type_schema, name: k.type_name })) };
     if (key.columns.length === 0) continue;
     const keyValues = key.columns.map((_, i) => sql`p.key[${i + 1}]`);
     const r = await sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
+      // The before-image of every deleted row goes to the undo log in the same transaction.
+      await registerUndoTable(tx, { jobId: req.job_id, taskId: 'finalize', seq: 0, schema: t.schema, table: t.name, columns: [], key });
       const del = await tx`
-        DELETE FROM ${ident(tx, t.schema, t.name)} t USING syncflow.pending_deletes p
-        WHERE p.job_id = ${req.job_id} AND p.schema_name = ${t.schema} AND p.table_name = ${t.name}
-          AND ${keyCompareColumns(tx, key, keyValues)}`;
+        WITH d AS (DELETE FROM ${ident(tx, t.schema, t.name)} t USING syncflow.pending_deletes p
+                   WHERE p.job_id = ${req.job_id} AND p.schema_name = ${t.schema} AND p.table_name = ${t.name}
+                     AND ${keyCompareColumns(tx, key, keyValues)}
+                   RETURNING ${keyTextArray(tx, key.columns, 't')} AS key, ROW(t.*)::text AS r)
+        INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before)
+        SELECT ${req.job_id}, 'finalize', 0, ${t.schema}, ${t.name}, 'd', key, r FROM d`;
       await tx`DELETE FROM syncflow.pending_deletes WHERE job_id = ${req.job_id} AND schema_name = ${t.schema} AND table_name = ${t.name}`;
       return del.count;
     });
@@ -60,6 +71,7 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
   const restored = await restoreConstraints(sql, req.job_id, log);
   let sequencesSet = 0;
   for (const s of req.sequences) {
+    await rememberSequence(sql, req.job_id, s.schema, s.name);
     const [r] = await sql<{ ok: boolean }[]>`
       SELECT CASE WHEN to_regclass(format('%I.%I', ${s.schema}::text, ${s.name}::text)) IS NULL THEN false
              ELSE setval(format('%I.%I', ${s.schema}::text, ${s.name}::text)::regclass, ${s.last_value}::int8, ${s.is_called}) IS NOT NULL END AS ok`;
@@ -83,6 +95,15 @@ async function foreignKeysOf(sql: Sql, tables: pb.TableRef__Output[]): Promise<p
 
 /** Indexes rebuilt at once at the end of a load (each CREATE INDEX uses one connection of the pool). */
 const INDEX_JOBS = 2;
+
+/** The sequence's value before the job sets it, once per job, so a rollback can set it back. */
+async function rememberSequence(sql: Sql, jobId: string, schema: string, name: string): Promise<void> {
+  const exists = await sql`SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ${schema} AND c.relname = ${name} AND c.relkind = 'S'`;
+  if (!exists.length) return;
+  await sql`INSERT INTO syncflow.undo_sequences (job_id, schema_name, name, last_value, is_called)
+            SELECT ${jobId}, ${schema}, ${name}, last_value::text, is_called FROM ${ident(sql, schema, name)}
+            ON CONFLICT DO NOTHING`;
+}
 
 function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: string; name: string }[] }, values: ReturnType<Sql['unsafe']>[]) {
   const casts = key.types.map((ty, i) => sql`CAST(${values[i]!} AS ${ident(sql, ty.schema, ty.name)})`);

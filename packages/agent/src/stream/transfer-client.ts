@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import { grpc, toSyncflowError, SyncflowError, ErrorKind, injectContext, type pb, type Logger } from '@syncflow/shared';
 import type { InflightBytes } from '../work/limits.js';
 
@@ -14,6 +13,7 @@ export class TransferSender {
   #acks: AsyncIterator<pb.TransferAck__Output>;
   #inflight = 0;
   #waiters: (() => void)[] = [];
+  #onFailure: (() => void) | undefined;
   #failure: SyncflowError | undefined;
   #final!: Promise<pb.TransferAck__Output>;
   #seq = 0;
@@ -56,7 +56,16 @@ export class TransferSender {
     this.#pending.set(seq, { at: Date.now(), bytes: b.data.length });
     this.log.debug({ seq, rows: b.rows, bytes: b.data.length }, 'sending batch');
     const ok = this.#call.write({ batch: { seq, data: b.data, rows: b.rows, first_key: { values: b.firstKey as string[] }, last_key: { values: b.lastKey as string[] } } });
-    if (!ok) await once(this.#call, 'drain');
+    // Wait for drain, or for the stream's failure: a target that failed never drains, and waiting
+    // for 'drain' alone hung the task forever when the error came first.
+    if (!ok && !this.#failure) {
+      await new Promise<void>((resolve) => {
+        const done = () => { this.#call.off('drain', done); this.#onFailure = undefined; resolve(); };
+        this.#call.once('drain', done);
+        this.#onFailure = done;
+      });
+    }
+    if (this.#failure) throw this.#failure;
     return seq;
   }
 
@@ -104,7 +113,9 @@ export class TransferSender {
       }
     } catch (e) {
       this.#failure = toSyncflowError(e);
+      this.log.debug({ code: this.#failure.code, waiters: this.#waiters.length, draining: Boolean(this.#onFailure) }, 'transfer stream failed');
       for (const w of this.#waiters.splice(0)) w();
+      this.#onFailure?.();
       throw this.#failure;
     }
   }

@@ -15,22 +15,27 @@ type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
  */
 export function transferHandler(pools: Pools, log: Logger): grpc.handleBidiStreamingCall<pb.TransferMessage__Output, pb.TransferAck> {
   return (call: Call) => {
-    serve(call, pools, log).catch((e) => {
+    const it = call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferMessage__Output>;
+    serve(call, it, pools, log).catch((e) => {
       const err = toSyncflowError(e);
       log.warn({ code: err.code, err: err.message }, 'transfer failed on the target');
       call.emit('error', toGrpcError(err));
+      // grpc-js holds the status back while a received message is still being delivered: keep
+      // reading (and dropping) the batches in flight, or the sender never learns of the failure.
+      void (async () => {
+        try { while (!(await it.next()).done) { /* discard */ } } catch { /* the call ended */ }
+      })();
     });
   };
 }
 
-async function serve(call: Call, pools: Pools, log: Logger): Promise<void> {
-  const it = call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferMessage__Output>;
+async function serve(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, pools: Pools, log: Logger): Promise<void> {
   const first = await it.next();
   const header = first.value?.header;
   if (first.done || !header) throw invalidArgument('a Transfer stream must start with a header');
   const spec: ApplySpec = {
     jobId: header.job_id, taskId: header.task_id, schema: header.schema, table: header.table,
-    columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror,
+    columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror, onBadRow: header.on_bad_row,
     key: { columns: header.key_columns, types: [] },
   };
   if (!header.target) throw invalidArgument('Transfer header has no target connection');
@@ -83,7 +88,8 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
         batches = Math.max(batches, Number(b.seq));
         if (r.duplicate) duplicates++; else applied++;
         call.write({ seq: b.seq, last_key: lastKey ? { values: lastKey } : null, rows: b.rows, duplicate: r.duplicate,
-          rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked });
+          rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked, rows_quarantined: r.quarantined });
+        if (r.quarantined) tlog.warn({ seq: b.seq, quarantined: r.quarantined }, 'rows refused by the target were quarantined');
       } else if (msg.end) {
         const marked = await applyEnd(sql, spec, prevKey, upto, batches);
         span.setAttribute('syncflow.batches', applied);

@@ -89,7 +89,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       const header = {
         job_id: task.job_id, task_id: task.task_id, target: { name: task.target.name, sealed_url: task.target.sealed_url },
         schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
-        method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror,
+        method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror, on_bad_row: task.on_bad_row,
         range_after: task.range?.after ? { values: task.range.after as string[] } : null,
         range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
       };

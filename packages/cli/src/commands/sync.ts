@@ -5,12 +5,14 @@ import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
 import { failureReason } from '../jobview.js';
 import { CliError, count, formatTable, humanBytes, list, methodWord, printJson, println, usageError } from '../output.js';
 import { followJob } from '../progress.js';
+import { printChecks } from './safety.js';
 
 /** `sync plan` (what would happen) and `sync start` (do it, optionally following the job). */
 
 interface SpecOpts {
   from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string; maxAttempts?: number; jobTimeout?: number;
   maxRowsPerS?: number; maxBytesPerS?: number; splitRows?: number; keepIndexes?: boolean;
+  confirm?: string; createMissing?: boolean; dryRun?: boolean; onBadRow?: string; onFailure?: string;
 }
 
 function buildSpec(opts: SpecOpts): pb.SyncSpec {
@@ -29,6 +31,11 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     max_bytes_per_s: opts.maxBytesPerS ?? 0,
     split_rows: opts.splitRows ?? 0,
     keep_indexes: !!opts.keepIndexes,
+    confirm: opts.confirm ?? '',
+    create_missing: Boolean(opts.createMissing),
+    dry_run: Boolean(opts.dryRun),
+    on_bad_row: opts.onBadRow ?? '',
+    on_failure: opts.onFailure ?? '',
   };
 }
 
@@ -45,6 +52,8 @@ export function registerSync(group: (name: string, description: string) => Comma
     .requiredOption('--to <conn>', 'target connection')
     .addOption(tablesOption())
     .addOption(modeOption())
+    .option('--create-missing', 'plan to create tables missing on the target from the source\'s definitions')
+    .option('--dry-run', 'also count the rows that would be inserted, updated and deleted (reads both sides, writes nothing)')
     .action(async (opts: SpecOpts, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const spec = buildSpec(opts);
@@ -67,9 +76,21 @@ export function registerSync(group: (name: string, description: string) => Comma
     .option('--max-attempts <n>', 'tries per table before it is dead-lettered (default 3)', intArg(1, 100))
     .option('--job-timeout <seconds>', 'cancel the job if it runs longer than this (default: no limit)', intArg(1, 30 * 24 * 3600))
     .option('--wait', 'follow the job with live progress; exit 0 only if it completes')
+    .option('--confirm <target>', 'the target connection\'s name: required when the target is protected')
+    .option('--create-missing', 'create tables missing on the target from the source\'s definitions (indexes and FKs after the data)')
+    .option('--dry-run', 'count per table the rows that would be inserted, updated and deleted; write nothing')
+    .addOption(new Option('--on-bad-row <policy>', 'rows the target refuses: quarantine (default), skip, fail').choices(['quarantine', 'skip', 'fail']))
+    .addOption(new Option('--on-failure <policy>', 'when the job fails: keep what was written (default), or rollback').choices(['keep', 'rollback']))
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const spec = buildSpec(opts);
+      if (opts.dryRun) {
+        const plan = await withClient(g, (client) => client.unary('PlanSync', spec, SLOW_DEADLINE_MS));
+        if (g.json) return printJson(plan);
+        printPlan(plan);
+        if (plan.checks?.some((x) => x.severity === 'error')) throw new CliError('the pre-flight checks found errors; nothing would be synced');
+        return;
+      }
       await withClient(g, async (client) => {
         const job = await client.unary('StartSync', spec, SLOW_DEADLINE_MS);
         if (!opts.wait) {
@@ -80,6 +101,10 @@ export function registerSync(group: (name: string, description: string) => Comma
         if (!g.json) println(`job ${job.id} started`);
         const final = await followJob(client, job.id, { json: !!g.json });
         if (g.json) printJson(final);
+        else {
+          const rejects = await client.unary('ListRejects', { id: job.id, limit: 1 }).catch(() => undefined);
+          if (rejects && rejects.total !== '0') println(`${count(rejects.total)} row(s) refused by the target were quarantined: syncflow job rejects ${job.id}`);
+        }
         if (final.state !== 'JOB_STATE_COMPLETED') throw new CliError(failureReason(final));
       });
     });
@@ -129,4 +154,5 @@ export function printPlan(plan: pb.Plan__Output): void {
     println('notes:');
     for (const n of plan.notes) println(`  - ${n}`);
   }
+  printChecks(plan);
 }

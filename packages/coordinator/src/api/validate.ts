@@ -27,6 +27,11 @@ export const syncSpecReq = z.object({
   max_rows_per_s: z.number().min(0),
   max_bytes_per_s: z.number().min(0),
   split_rows: z.coerce.number().int().refine((n) => n === -1 || n === 0 || n >= 1000, 'must be -1 (never split), 0 (default) or at least 1000'),
+  confirm: z.string().max(63).default(''),
+  create_missing: z.boolean().default(false),
+  dry_run: z.boolean().default(false),
+  on_bad_row: z.enum(['', 'quarantine', 'skip', 'fail']).default('').transform((v) => (v || 'quarantine') as 'quarantine' | 'skip' | 'fail'),
+  on_failure: z.enum(['', 'keep', 'rollback']).default('').transform((v) => (v || 'keep') as 'keep' | 'rollback'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 
 export const setJobRateReq = z.object({
@@ -36,6 +41,13 @@ export const setJobRateReq = z.object({
 });
 
 export const jobIdReq = z.object({ id: z.string().uuid('must be a job id (uuid)') });
+export const rollbackReq = z.object({ id: z.string().uuid('must be a job id (uuid)'), force: z.boolean().default(false) });
+export const rejectsReq = z.object({ id: z.string().uuid('must be a job id (uuid)'), limit: z.number().int().min(0).max(100_000).transform((n) => n || 1000) });
+export const verifyReq = z.object({
+  from: connName, to: connName,
+  tables: z.array(z.string().min(1).max(300)).max(10_000),
+  max_keys: z.number().int().min(0).max(100_000).transform((n) => n || 100),
+}).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 export const listJobsReq = z.object({ limit: z.number().int().min(0).max(1000).transform((n) => n || 50) });
 
 export function parseReq<T extends z.ZodTypeAny>(schema: T, req: unknown): z.infer<T> {

@@ -3,7 +3,7 @@ import { type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 import type { ConnectionRow } from '../store/connections.js';
 import { planSync, type Planned } from './planner.js';
-import { splitBigTables } from './split.js';
+import { splitBigTables, DEFAULT_SPLIT_ROWS } from './split.js';
 
 export interface SyncRequest {
   from: ConnectionRow;
@@ -11,14 +11,21 @@ export interface SyncRequest {
   tables: string[];
   mode: 'upsert' | 'mirror';
   batchBytes: number;
-  splitRows: number;
-  keepIndexes: boolean;
-  maxRowsPerS: number;
-  maxBytesPerS: number;
+  /** Tables bigger than this are cut into key ranges (plan/split.ts; -1 = never). */
+  splitRows?: number;
+  /** Keep indexes and FKs of empty tables in place during the load (default: set aside, rebuilt after). */
+  keepIndexes?: boolean;
+  maxRowsPerS?: number;
+  maxBytesPerS?: number;
   /** Tries per table before it is dead-lettered (default 3). */
   maxAttempts?: number;
   /** The job is cancelled after this many seconds (0 = never). */
   timeoutSeconds?: number;
+  confirm?: string;
+  createMissing?: boolean;
+  dryRun?: boolean;
+  onBadRow?: 'quarantine' | 'skip' | 'fail';
+  onFailure?: 'keep' | 'rollback';
 }
 
 /**
@@ -31,10 +38,34 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     agents.call<pb.Schema__Output>(req.from.agent_group, 'Introspect', { connection: sealed(req.from), snapshot_id: opts.snapshotId ?? '' }),
     agents.call<pb.Schema__Output>(req.to.agent_group, 'Introspect', { connection: sealed(req.to) }),
   ]);
-  const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), source, req.splitRows, opts.snapshotId ?? '');
-  return planSync({
+  const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), source, req.splitRows ?? DEFAULT_SPLIT_ROWS, opts.snapshotId ?? '');
+  const planned = planSync({
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
     snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits, keepIndexes: req.keepIndexes,
+    createMissing: req.createMissing, onBadRow: req.onBadRow,
   });
+  await preflight(agents, req, planned);
+  return planned;
+}
+
+/**
+ * Pre-flight beyond the schemas: privileges on both sides (SELECT on the source; SELECT, INSERT,
+ * UPDATE, DELETE for mirror, and the syncflow schema on the target), a protected target.
+ */
+async function preflight(agents: AgentLink, req: SyncRequest, planned: Planned): Promise<void> {
+  const sealed = (c: ConnectionRow) => ({ name: c.name, sealed_url: c.sealed_url });
+  const refs = planned.plan.tables!.map((t) => ({ schema: t.schema, name: t.name, key: [] }));
+  const [src, dst] = await Promise.all([
+    agents.call<pb.AccessReply__Output>(req.from.agent_group, 'CheckAccess', { connection: sealed(req.from), tables: refs }),
+    agents.call<pb.AccessReply__Output>(req.to.agent_group, 'CheckAccess', {
+      connection: sealed(req.to), tables: refs, write: true, delete: req.mode === 'mirror', create_schema: true,
+    }),
+  ]);
+  const checks = planned.plan.checks!;
+  checks.push(...src.checks.map((c) => ({ ...c, message: `source: ${c.message}` })), ...dst.checks.map((c) => ({ ...c, message: `target: ${c.message}` })));
+  if (req.to.protected) {
+    checks.push({ severity: req.confirm === req.to.name ? 'info' : 'warning', code: 'protected', table: '', column: '',
+      message: `target "${req.to.name}" is protected: sync start needs --confirm ${req.to.name}` });
+  }
 }

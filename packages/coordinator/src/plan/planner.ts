@@ -1,8 +1,9 @@
 import {
-  parseTableRef, displayName, notFound, failedPrecondition, applyMethodToProto,
+  parseTableRef, displayName, notFound, applyMethodToProto,
   type pb, type ApplyMethod, type TaskMessage,
 } from '@syncflow/shared';
 import { orderLevels, type FkEdge } from './graph.js';
+import { tableChecks } from './checks.js';
 import type { PlanRecord } from '../store/jobs.js';
 
 export interface PlanInput {
@@ -20,6 +21,8 @@ export interface PlanInput {
   splits?: ReadonlyMap<string, TableSplit>;
   /** Keep the indexes and FKs of empty target tables during the load (default: set them aside, rebuild after). */
   keepIndexes?: boolean;
+  createMissing?: boolean;
+  onBadRow?: 'fail' | 'skip' | 'quarantine';
 }
 
 export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
@@ -41,11 +44,7 @@ export function planSync(input: PlanInput): Planned {
   const selected = selectTables(input.source.tables, input.tables);
   const targetByKey = new Map(input.target.tables.map((t) => [keyOf(t), t]));
 
-  // An empty target table loaded with its foreign keys set aside need not wait for its parents:
-  // its FK edges do not order the load (they are checked once, after it).
-  const loadFree = new Set(input.keepIndexes ? [] : selected.filter((t) => targetByKey.get(keyOf(t))?.has_rows === false).map(keyOf));
-  const edges: FkEdge[] = selected.filter((t) => !loadFree.has(keyOf(t)))
-    .flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
+  const edges: FkEdge[] = selected.flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
   const levels = orderLevels(selected.map(keyOf), edges);
   const selectedKeys = new Set(selected.map(keyOf));
   const notes: string[] = [];
@@ -53,25 +52,22 @@ export function planSync(input: PlanInput): Planned {
     notes.push(`FK cycle or self-reference among ${c.join(', ')}: its foreign keys are set aside on the target during the load, then restored and validated`);
   }
 
-  const problems: string[] = [];
+  const checks: pb.PlanCheck[] = [];
+  const missing: { schema: string; name: string }[] = [];
   const tablePlans: pb.TablePlan[] = [];
   const tasks: Planned['tasks'] = [];
   selected.forEach((t, i) => {
     const name = displayName(t.schema, t.name);
-    const tt = targetByKey.get(keyOf(t));
-    if (!tt) { problems.push(`table ${name} does not exist on target "${input.to.name}" (create it first, e.g. from pg_dump --schema-only)`); return; }
+    const found = targetByKey.get(keyOf(t));
+    const tableChecksFound = tableChecks(t, found, { targetName: input.to.name, createMissing: Boolean(input.createMissing) });
+    checks.push(...tableChecksFound);
+    if (tableChecksFound.some((c) => c.severity === 'error')) return;
+    // --create-missing: the table will be created from the source's definition, empty.
+    if (!found) missing.push({ schema: t.schema, name: t.name });
+    const tt = found ?? { ...t, has_rows: false };
     const columns = t.columns.filter((c) => !c.generated);
-    const targetCols = new Map(tt.columns.map((c) => [c.name, c]));
-    const missing = columns.filter((c) => !targetCols.has(c.name)).map((c) => c.name);
-    if (missing.length) { problems.push(`table ${name}: target lacks column(s) ${missing.join(', ')}`); return; }
-    const generatedOnTarget = columns.filter((c) => targetCols.get(c.name)!.generated).map((c) => c.name);
-    if (generatedOnTarget.length) { problems.push(`table ${name}: column(s) ${generatedOnTarget.join(', ')} are generated on the target but not on the source`); return; }
     const key = t.primary_key;
     const tableNotes: string[] = [];
-    if (key.length && tt.has_rows && !sameSet(key, tt.primary_key)) {
-      problems.push(`table ${name}: the target has no primary or unique key on (${key.join(', ')}), needed to upsert into a non-empty table`);
-      return;
-    }
     let method: ApplyMethod;
     if (!tt.has_rows) method = 'copy';
     else if (key.length) method = 'upsert';
@@ -112,12 +108,12 @@ export function planSync(input: PlanInput): Planned {
         message: {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
-          mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, ...r, // the job sets its own attempts (start.ts)
+          mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
+          on_bad_row: input.onBadRow ?? 'quarantine', ...r,
         },
       });
     });
   });
-  if (problems.length) throw failedPrecondition(problems.join('; '), 'schema_mismatch');
 
   const selectedSet = new Set(selected.map(keyOf));
   const record: PlanRecord = {
@@ -136,8 +132,18 @@ export function planSync(input: PlanInput): Planned {
       .filter((t, i, all) => all.findIndex((x) => x.schema === t.schema && x.table === t.table) === i)
       .map((t) => ({ schema: t.schema, name: t.table })),
     sourceGroup: input.from.group, targetGroup: input.to.group,
+    createTables: missing, postDdl: [],
   };
-  return { plan: { tables: tablePlans, levels: levels.count, notes }, record, tasks };
+  // Over every selected table, planned or refused: what the job would move once the plan is fixed.
+  const estimatedRows = selected.reduce((n, t) => n + Number(t.row_estimate), 0);
+  const estimatedBytes = selected.reduce((n, t) => n + Number(t.bytes), 0);
+  const plan: pb.Plan = {
+    tables: tablePlans, levels: levels.count, notes, checks,
+    estimated_rows: estimatedRows, estimated_bytes: estimatedBytes,
+    // A rough figure: ~20 MB/s through COPY, stage and upsert on modest hardware, plus a second per table.
+    estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + selected.length,
+  };
+  return { plan, record, tasks };
 }
 
 /**
@@ -169,7 +175,6 @@ function splitKey(k: string, tables: pb.Table__Output[]): [string, string] {
   return [t.schema, t.name];
 }
 
-const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
 
 /** Resolves the user's table list against the source; unknown names are NOT_FOUND, all named at once. */
 function selectTables(all: pb.Table__Output[], wanted: readonly string[]): pb.Table__Output[] {

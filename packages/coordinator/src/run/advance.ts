@@ -9,6 +9,7 @@ import type { DeadLetterStore } from '../store/dead-letters.js';
 import type { Metrics } from '../alerts/metrics.js';
 import type { Alerts } from '../alerts/webhook.js';
 import { blockedTasks, safeDeleteOrder } from './recovery.js';
+import { rollbackOnFailure } from './rollback.js';
 
 export interface RunnerDeps {
   jobs: JobStore;
@@ -98,7 +99,7 @@ export class JobRunner {
       const to = await this.d.connections.get(job.to_conn);
       const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'FinalizeTarget', {
         job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url },
-        delete_order: withErrors ? safeDeleteOrder(job.plan, tasks) : job.plan.deleteOrder, sequences: job.plan.sequences,
+        delete_order: withErrors ? safeDeleteOrder(job.plan, tasks) : job.plan.deleteOrder, sequences: job.plan.sequences, post_ddl: job.plan.postDdl ?? [],
       }, 30 * 60_000);
       await this.d.jobs.setFinalized(job.id, Number(reply.rows_deleted));
       await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
@@ -140,6 +141,7 @@ export class JobRunner {
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
       this.d.metrics.inc('syncflow_jobs_total', { state: 'failed' });
       this.d.alerts.send({ kind: 'job_failed', job_id: job.id, message, at: new Date().toISOString() });
+      await rollbackOnFailure(this.d, { ...job, state: 'failed' });
     }
   }
 

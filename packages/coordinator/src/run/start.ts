@@ -1,7 +1,24 @@
 import { randomUUID } from 'node:crypto';
-import { withSpan, injectContext, trace, context, toSyncflowError, scrubSecrets, type pb } from '@syncflow/shared';
+import { withSpan, injectContext, trace, context, toSyncflowError, scrubSecrets, failedPrecondition, invalidArgument, type pb } from '@syncflow/shared';
 import { gatherAndPlan, type SyncRequest } from '../plan/gather.js';
 import type { RunnerDeps, JobRunner } from './advance.js';
+import { assertNoErrors } from '../plan/checks.js';
+
+/** A protected target takes a job only when the request names it again in `confirm`. */
+function assertConfirmed(req: SyncRequest): void {
+  if (req.to.protected && req.confirm !== req.to.name) {
+    throw failedPrecondition(`target connection "${req.to.name}" is protected: start again with --confirm ${req.to.name}`, 'protected');
+  }
+}
+
+async function createMissingTables(d: RunnerDeps, req: SyncRequest, tables: { schema: string; name: string }[]): Promise<string[]> {
+  if (!tables.length) return [];
+  const refs = tables.map((t) => ({ schema: t.schema, name: t.name, key: [] }));
+  const ddl = await d.agents.call<pb.TableDdlReply__Output>(req.from.agent_group, 'TableDdl', { connection: { name: req.from.name, sealed_url: req.from.sealed_url }, tables: refs });
+  await d.agents.call(req.to.agent_group, 'ApplyDdl', { connection: { name: req.to.name, sealed_url: req.to.sealed_url }, statements: ddl.tables.flatMap((t) => t.create) });
+  d.log.info({ tables: tables.length, target: req.to.name }, 'created missing tables on the target');
+  return ddl.tables.flatMap((t) => t.post_data);
+}
 
 /**
  * Starts a job: export the source snapshot, plan inside it (refusing bad input before anything
@@ -9,9 +26,11 @@ import type { RunnerDeps, JobRunner } from './advance.js';
  * The whole job is one trace: this span is the root, its context travels with every task.
  */
 export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncRequest): Promise<string> {
+  if (req.dryRun) throw invalidArgument('dry_run is answered by PlanSync (syncflow sync start --dry-run calls it); StartSync never runs dry');
+  assertConfirmed(req);
   const jobId = randomUUID();
   // Limits are in place before the first task can be pulled.
-  if (req.maxRowsPerS || req.maxBytesPerS) await d.rates.set(jobId, { rows_per_s: req.maxRowsPerS, bytes_per_s: req.maxBytesPerS });
+  if (req.maxRowsPerS || req.maxBytesPerS) await d.rates.set(jobId, { rows_per_s: req.maxRowsPerS ?? 0, bytes_per_s: req.maxBytesPerS ?? 0 });
   return withSpan('sync job', { 'syncflow.job': jobId, 'syncflow.from': req.from.name, 'syncflow.to': req.to.name, 'syncflow.mode': req.mode }, async (span) => {
     const traceId = span.spanContext().traceId;
     const carrier = injectContext(trace.setSpan(context.active(), span));
@@ -21,13 +40,20 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     let planned;
     try {
       planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier });
+      assertNoErrors(planned.plan.checks ?? []);
+      // --create-missing: tables created now (one transaction), their indexes and FKs after the data.
+      planned.record.postDdl = await createMissingTables(d, req, planned.record.createTables ?? []);
     } catch (e) {
       await d.agents.broadcast(req.from.agent_group, 'ReleaseSnapshot', { job_id: jobId });
       throw e;
     }
     await d.jobs.create({
       id: jobId, from_conn: req.from.name, to_conn: req.to.name, mode: req.mode,
-      spec: { tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes, max_attempts: req.maxAttempts ?? 3, timeout_seconds: req.timeoutSeconds ?? 0 }, plan: planned.record,
+      spec: {
+        tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes, max_attempts: req.maxAttempts ?? 3, timeout_seconds: req.timeoutSeconds ?? 0,
+        on_bad_row: req.onBadRow ?? 'quarantine', on_failure: req.onFailure ?? 'keep', create_missing: Boolean(req.createMissing),
+      },
+      plan: planned.record,
       snapshot_id: snapshotId, trace_id: traceId, trace: carrier,
     }, planned.tasks.map((t) => ({
       id: t.id, job_id: jobId, level: t.level, schema_name: t.schema, table_name: t.table, method: t.method,
@@ -35,6 +61,8 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     })));
     await d.jobs.log(jobId, null, 'info', `planned ${planned.tasks.length} table(s) in ${planned.record.levels} level(s); snapshot ${snapshotId}`);
     for (const note of planned.record.notes) await d.jobs.log(jobId, null, 'info', note);
+    if (planned.record.createTables?.length) await d.jobs.log(jobId, null, 'info', `created ${planned.record.createTables.length} missing table(s) on the target: ${planned.record.createTables.map((t) => `${t.schema}.${t.name}`).join(', ')}`);
+    for (const c of planned.plan.checks ?? []) if (c.severity === 'warning') await d.jobs.log(jobId, null, 'warn', `pre-flight: ${c.message}`);
     d.log.info({ job: jobId, tables: planned.tasks.length, levels: planned.record.levels, trace_id: traceId }, 'job planned');
 
     try {

@@ -21,6 +21,9 @@ export interface PlanRecord {
   loadTables?: { schema: string; name: string }[];
   sourceGroup: string;
   targetGroup: string;
+  /** --create-missing: tables created on the target at start; their indexes and FKs run at finalize. */
+  createTables?: { schema: string; name: string }[];
+  postDdl?: string[];
 }
 
 export interface TaskRow {
@@ -35,7 +38,7 @@ const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, me
 
 /** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
 export class JobStore {
-  constructor(private sql: Sql) {}
+  constructor(readonly sql: Sql) {}
 
   async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at' | 'publishes'>[]): Promise<void> {
     await this.sql.begin(async (tx) => {

@@ -1,0 +1,153 @@
+import { ident, identList, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
+import { joinFragments, type KeySpec } from '../read/keys.js';
+
+/**
+ * The target's undo log: for every row a job changes, written in the same transaction as the
+ * change — the key of a row it inserts (with a hash of the row it wrote), the before-image of a
+ * row it updates or deletes. Rollback replays it backwards; its cost follows the rows the job
+ * changed, not the table size. Row images are the row's text form (`t::text`), which casts back
+ * to the table's row type exactly (every type's own output/input functions), unlike JSON.
+ */
+export async function ensureSafetySchema(tx: Sql): Promise<void> {
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_log (
+    id bigserial PRIMARY KEY,
+    job_id uuid NOT NULL, task_id text NOT NULL, seq bigint NOT NULL,
+    schema_name text NOT NULL, table_name text NOT NULL,
+    op char(1) NOT NULL CHECK (op IN ('i', 'u', 'd')),
+    key text[],          -- keyed tables: the key values as text
+    before text,         -- u, d: the whole row before, as text
+    after_hash text,     -- i, u (keyed): md5 of the whole row as the job left it
+    after_row text,      -- i (keyless): ROW(synced columns)::text as the job wrote it
+    at timestamptz NOT NULL DEFAULT now())`;
+  await tx`CREATE INDEX IF NOT EXISTS undo_log_batch ON syncflow.undo_log (job_id, task_id, seq)`;
+  await tx`CREATE INDEX IF NOT EXISTS undo_log_table ON syncflow.undo_log (job_id, schema_name, table_name, op)`;
+  await tx`CREATE INDEX IF NOT EXISTS undo_log_at ON syncflow.undo_log (at)`;
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_tables (
+    job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL,
+    columns text[] NOT NULL, key_columns text[] NOT NULL, key_type_schemas text[] NOT NULL, key_type_names text[] NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, schema_name, table_name))`;
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_sequences (
+    job_id uuid NOT NULL, schema_name text NOT NULL, name text NOT NULL, last_value text NOT NULL, is_called boolean NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, schema_name, name))`;
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.rollbacks (
+    job_id uuid PRIMARY KEY, forced boolean NOT NULL, rows_deleted bigint NOT NULL DEFAULT 0,
+    rows_restored bigint NOT NULL DEFAULT 0, rows_reinserted bigint NOT NULL DEFAULT 0, at timestamptz NOT NULL DEFAULT now())`;
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.quarantine (
+    id bigserial PRIMARY KEY,
+    job_id uuid NOT NULL, task_id text NOT NULL, seq bigint NOT NULL,
+    schema_name text NOT NULL, table_name text NOT NULL,
+    sqlstate text NOT NULL, message text NOT NULL,
+    key text[],          -- the row's key as text, when it could be read
+    row_data bytea,      -- the refused row as COPY text, bytes as received (NULL with on_bad_row = skip)
+    at timestamptz NOT NULL DEFAULT now())`;
+  await tx`CREATE INDEX IF NOT EXISTS quarantine_job ON syncflow.quarantine (job_id, schema_name, table_name)`;
+}
+
+export interface UndoTarget {
+  jobId: string;
+  taskId: string;
+  seq: number;
+  schema: string;
+  table: string;
+  columns: readonly string[];
+  key: KeySpec;
+}
+
+/** A job's batches share an advisory lock with its rollback: a rollback waits for batches in flight and fences later ones. */
+export async function fenceBatch(tx: Sql, jobId: string): Promise<void> {
+  await tx`SELECT pg_advisory_xact_lock_shared(hashtextextended(${'syncflow.job:' + jobId}, 0))`;
+  const r = await tx`SELECT 1 FROM syncflow.rollbacks WHERE job_id = ${jobId}`;
+  if (r.length) throw new SyncflowError(ErrorKind.Cancelled, 'the job was rolled back on the target; no more batches are applied', { code: 'rolled_back' });
+}
+
+export async function lockJobExclusive(tx: Sql, jobId: string): Promise<void> {
+  await tx`SELECT pg_advisory_xact_lock(hashtextextended(${'syncflow.job:' + jobId}, 0))`;
+}
+
+/** Remembers, once per job and table, what rollback needs to read the log: columns, key and key types. */
+export async function registerUndoTable(tx: Sql, u: UndoTarget): Promise<void> {
+  await tx`INSERT INTO syncflow.undo_tables (job_id, schema_name, table_name, columns, key_columns, key_type_schemas, key_type_names)
+           VALUES (${u.jobId}, ${u.schema}, ${u.table}, ${u.columns as string[]}, ${u.key.columns as string[]},
+                   ${u.key.types.map((t) => t.schema)}, ${u.key.types.map((t) => t.name)})
+           ON CONFLICT DO NOTHING`;
+}
+
+/** `ARRAY[alias.k1::text, …]`: a key as text, the form the undo log and quarantine keep. */
+export function keyTextArray(sql: Sql, cols: readonly string[], alias: string) {
+  return sql`ARRAY[${joinFragments(sql, cols.map((c) => sql`${ident(sql, alias)}.${ident(sql, c)}::text`))}]::text[]`;
+}
+
+/** Keyless tables: the synced columns' row text, the identity of a row there. */
+export function rowText(sql: Sql, cols: readonly string[], alias: string) {
+  return sql`ROW(${identList(sql, cols, alias)})::text`;
+}
+
+/**
+ * Keyed insert or upsert from the stage, logged in the same statement: before-images of the
+ * target rows the stage meets (read from the statement's snapshot, i.e. before the upsert, and
+ * locked), joined to what the upsert returns — a returned row with a before-image was updated
+ * ('u': before-image and after-hash), one without was inserted ('i': key and after-hash).
+ * One statement per chunk: its cost follows the chunk, not the rows already logged.
+ */
+export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, conflict: ReturnType<Sql['unsafe']> | null): Promise<{ inserted: number; updated: number }> {
+  const table = ident(tx, u.schema, u.table);
+  const cols = identList(tx, u.columns);
+  const st = ident(tx, stage);
+  const key = keyTextArray(tx, u.key.columns, 't');
+  if (!conflict) {
+    const r = await tx`
+      WITH ins AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st}
+                   RETURNING ${key} AS key, md5(ROW(t.*)::text) AS h)
+      INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, after_hash)
+      SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'i', key, h FROM ins`;
+    return { inserted: r.count, updated: 0 };
+  }
+  const keyEq = joinFragments(tx, u.key.columns.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`), ' AND ');
+  const [r] = await tx<{ i: string; u: string }[]>`
+    WITH b AS (SELECT ${key} AS key, ROW(t.*)::text AS before FROM ${table} t JOIN ${st} s ON ${keyEq} FOR UPDATE OF t),
+         -- the InitPlan over b makes every before-image read (and locked) before the first row is written
+         up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st} WHERE (SELECT count(*) FROM b) >= 0
+                ON CONFLICT (${identList(tx, u.key.columns)}) ${conflict}
+                RETURNING ${key} AS key, md5(ROW(t.*)::text) AS h),
+         logged AS (INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, key, before, after_hash)
+                    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, CASE WHEN b.key IS NULL THEN 'i' ELSE 'u' END, up.key, b.before, up.h
+                    FROM up LEFT JOIN b ON b.key = up.key
+                    RETURNING op)
+    SELECT count(*) FILTER (WHERE op = 'i')::text AS i, count(*) FILTER (WHERE op = 'u')::text AS u FROM logged`;
+  return { inserted: Number(r!.i), updated: Number(r!.u) };
+}
+
+/** Keyless insert from the stage (all rows, or with `onlyNew` those not already on the target), each logged by its row text. */
+export async function insertKeylessLogged(tx: Sql, u: UndoTarget, stage: string, onlyNew: boolean): Promise<number> {
+  const table = ident(tx, u.schema, u.table);
+  const cols = identList(tx, u.columns);
+  const where = onlyNew
+    ? tx`WHERE NOT EXISTS (SELECT 1 FROM ${table} t2 WHERE ${rowText(tx, u.columns, 't2')} = ${rowText(tx, u.columns, 's')})`
+    : tx``;
+  const r = await tx`
+    WITH ins AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${identList(tx, u.columns, 's')} FROM ${ident(tx, stage)} s ${where}
+                 RETURNING ${rowText(tx, u.columns, 't')} AS r)
+    INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, after_row)
+    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'i', r FROM ins`;
+  return r.count;
+}
+
+/** Deletes every row of a keyless table (mirror's replace), keeping their before-images. */
+export async function deleteAllLogged(tx: Sql, u: UndoTarget): Promise<number> {
+  const r = await tx`
+    WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t RETURNING ROW(t.*)::text AS r)
+    INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
+    SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
+  return r.count;
+}
+
+/** Drops undo logs (and quarantined rows) older than the retention; rollback of such a job is then refused. */
+export async function purgeUndo(sql: Sql, retentionHours: number): Promise<number> {
+  const cut = sql`now() - make_interval(hours => ${retentionHours}::int)`;
+  const r = await sql`DELETE FROM syncflow.undo_log WHERE at < ${cut}`;
+  await sql`DELETE FROM syncflow.undo_tables WHERE at < ${cut}`;
+  await sql`DELETE FROM syncflow.undo_sequences WHERE at < ${cut}`;
+  return r.count;
+}

@@ -1,0 +1,84 @@
+import { ident, identList, invalidArgument, notFound, displayName, type Sql, type pb } from '@syncflow/shared';
+import { keyCompare, joinFragments, type KeySpec } from './keys.js';
+import { assertSnapshotId } from './snapshot.js';
+
+// Text forms depend on session settings: pinned, so two databases configured differently hash equal data equally.
+const PINNED = ["SET LOCAL TimeZone = 'UTC'", "SET LOCAL DateStyle = 'ISO, YMD'", "SET LOCAL IntervalStyle = 'postgres'",
+  'SET LOCAL extra_float_digits = 1', "SET LOCAL bytea_output = 'hex'"];
+
+/**
+ * Hashes of a table for verify and dry run, computed inside the database (only counts and md5s
+ * travel): for key ranges, `count(*)` and the md5 of the rows' md5s in key order; or per row,
+ * (key, md5) of a small range; keyless tables give the multiset of row md5s. A row's md5 is that
+ * of ROW(columns)::text, the same rule the upsert uses to decide that a row changed.
+ */
+export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): Promise<pb.HashRangesReply> {
+  if (!req.columns.length) throw invalidArgument('columns are required');
+  return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
+    const tx = txAny as unknown as Sql;
+    if (req.snapshot_id) {
+      assertSnapshotId(req.snapshot_id);
+      await tx.unsafe(`SET TRANSACTION SNAPSHOT '${req.snapshot_id}'`);
+    }
+    for (const s of PINNED) await tx.unsafe(s);
+    const table = ident(tx, req.schema, req.table);
+    const rowHash = tx`md5(ROW(${identList(tx, req.columns, 't')})::text)`;
+    const key: KeySpec = { columns: req.key.map((k) => k.name), types: await keyTypes(tx, req) };
+    if (key.columns.length === 0) {
+      if (!req.rows) throw invalidArgument('a keyless table is compared by its rows only');
+      const rows = await tx<{ h: string; n: string }[]>`SELECT ${rowHash} AS h, count(*)::text AS n FROM ${table} t GROUP BY 1`;
+      return { ranges: [], rows: rows.map((r) => ({ hash: r.h, count: r.n, key: null })) };
+    }
+    const order = identList(tx, key.columns, 't');
+    const keyText = joinFragments(tx, key.columns.map((c) => tx`t.${ident(tx, c)}::text`));
+    const lower = req.lower?.values.length ? req.lower.values : null;
+    const upper = req.upper?.values.length ? req.upper.values : null;
+    const inRange = (lo: string[] | null, hi: string[] | null) => {
+      const c = [];
+      if (lo) c.push(keyCompare(tx, key, 't', '>', lo));
+      if (hi) c.push(keyCompare(tx, key, 't', '<=', hi));
+      return c.length ? joinFragments(tx, c, ' AND ') : tx`true`;
+    };
+    if (req.rows) {
+      const rows = await tx<{ k: string[]; h: string }[]>`
+        SELECT ARRAY[${keyText}]::text[] AS k, ${rowHash} AS h FROM ${table} t WHERE ${inRange(lower, upper)} ORDER BY ${order}`;
+      return { ranges: [], rows: rows.map((r) => ({ key: { values: r.k }, hash: r.h, count: '1' })) };
+    }
+    let bounds: string[][] = req.bounds.map((b) => b.values);
+    if (!bounds.length && req.splits > 1) {
+      const [{ n }] = await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM ${table} t WHERE ${inRange(lower, upper)}`;
+      const step = Math.max(1, Math.ceil(Number(n) / req.splits));
+      if (Number(n) > step) {
+        const cut = await tx<{ k: string[] }[]>`
+          SELECT k FROM (SELECT ARRAY[${keyText}]::text[] AS k, row_number() OVER (ORDER BY ${order}) AS rn FROM ${table} t WHERE ${inRange(lower, upper)}) x
+          WHERE rn % ${step} = 0 AND rn < ${Number(n)} ORDER BY rn`;
+        bounds = cut.map((c) => c.k);
+      }
+    }
+    const ranges: pb.RangeHash[] = [];
+    let lo = lower;
+    for (const hi of [...bounds, upper]) {
+      const [r] = await tx<{ n: string; h: string }[]>`
+        SELECT count(*)::text AS n, coalesce(md5(string_agg(${rowHash}, '' ORDER BY ${order})), '') AS h
+        FROM ${table} t WHERE ${inRange(lo, hi)}`;
+      ranges.push({ upper: hi ? { values: hi } : null, rows: r!.n, hash: r!.h });
+      lo = hi;
+    }
+    return { ranges, rows: [] };
+  });
+}
+
+/** This database's own types of the key columns (the other side's may differ: int4 here, int8 there). */
+async function keyTypes(tx: Sql, req: pb.HashRangesRequest__Output): Promise<{ schema: string; name: string }[]> {
+  if (!req.key.length) return [];
+  const rows = await tx<{ name: string; type_schema: string; type_name: string }[]>`
+    SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name
+    FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    WHERE a.attrelid = to_regclass(format('%I.%I', ${req.schema}::text, ${req.table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
+  if (!rows.length) throw notFound(`table ${displayName(req.schema, req.table)} does not exist`);
+  return req.key.map((k) => {
+    const r = rows.find((x) => x.name === k.name);
+    if (!r) throw invalidArgument(`key column ${k.name} not found in ${displayName(req.schema, req.table)}`);
+    return { schema: r.type_schema, name: r.type_name };
+  });
+}

@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestStack, type PgCluster } from '../harness/index.js';
+import { Api } from '../harness/api.js';
+import type { pb } from '../../packages/shared/src/index.js';
+
+/**
+ * A concurrent writer on the target during an upsert sync (batches in READ COMMITTED, rows locked
+ * when their before-image is taken): rows with keys the source does not have are kept; a row the
+ * writer holds is waited for, then set to the source's value (the source wins for the rows it
+ * sends), and the writer's committed value is what the undo log keeps — a rollback brings it back.
+ */
+let stack: TestStack;
+let api: Api;
+let a: PgCluster;
+let b: PgCluster;
+
+beforeAll(async () => {
+  stack = await TestStack.start();
+  api = new Api(stack.coordinatorAddress);
+  a = stack.region('a');
+  b = stack.region('b');
+  await a.createDatabase('app');
+  await a.exec('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+                       INSERT INTO t SELECT g, 'src' || g FROM generate_series(1, 60000) g;`);
+  await b.createDatabase('app');
+  await b.exec('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+                       INSERT INTO t SELECT g, 'old' FROM generate_series(1, 60000) g;`);
+  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
+  await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
+});
+
+afterAll(async () => {
+  api?.close();
+  await stack?.stop();
+});
+
+describe('a concurrent writer on the target', () => {
+  it('keeps its own rows, is waited for on shared rows, and its value survives in the undo log', async () => {
+    const writer = await b.sql('app').reserve();
+    try {
+      await writer`BEGIN`;
+      await writer`UPDATE t SET v = 'writer' WHERE id = 50000`; // row lock held until COMMIT
+      await b.exec('app', `INSERT INTO t SELECT g, 'target only' FROM generate_series(100001, 100100) g`);
+
+      const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst', batch_bytes: 65536 });
+      // the batch holding id 50000 waits for the writer's lock
+      let waiting = 0;
+      for (let i = 0; i < 240 && !waiting; i++) {
+        const [r] = await b.sql('app')<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'app' AND wait_event_type = 'Lock'`;
+        waiting = r!.n;
+        if (!waiting) await new Promise((res) => setTimeout(res, 250));
+      }
+      expect(waiting).toBeGreaterThan(0);
+      expect((await api.call<pb.Job__Output>('GetJob', { id: job.id })).state).toBe('JOB_STATE_RUNNING');
+      await writer`COMMIT`;
+
+      const done = await api.waitJob(job.id);
+      expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+      const rows = await b.sql('app')<{ n: number; src: number; only: number }[]>`
+        SELECT count(*)::int AS n, count(*) FILTER (WHERE v = 'src' || id)::int AS src, count(*) FILTER (WHERE v = 'target only')::int AS only FROM t`;
+      expect(rows[0]).toEqual({ n: 60100, src: 60000, only: 100 });
+      const [img] = await b.sql('app')<{ before: string }[]>`
+        SELECT before FROM syncflow.undo_log WHERE job_id = ${job.id} AND op = 'u' AND key = ARRAY['50000']`;
+      expect(img!.before).toBe('(50000,writer)');
+
+      const rb = await api.call<pb.RollbackResult__Output>('RollbackJob', { id: job.id });
+      expect(rb.rows_restored).toBe('60000');
+      const after = await b.sql('app')<{ id: number; v: string }[]>`SELECT id, v FROM t WHERE id IN (1, 50000, 100001) ORDER BY id`;
+      expect(after).toEqual([{ id: 1, v: 'old' }, { id: 50000, v: 'writer' }, { id: 100001, v: 'target only' }]);
+    } finally {
+      await writer`ROLLBACK`.catch(() => undefined);
+      writer.release();
+    }
+  });
+});
