@@ -4,6 +4,7 @@ import type { RunnerDeps } from '../run/advance.js';
 import { rollbackJob } from '../run/rollback.js';
 import { jobReport, side, compareSpec } from '../run/report.js';
 import { gatherAndPlan } from '../plan/gather.js';
+import { wholeTables } from '../plan/planner.js';
 import { compareTable } from '../verify/compare.js';
 
 type Authed = <Req, Res>(fn: (req: Req) => Promise<Res>) => unknown;
@@ -27,7 +28,7 @@ export function safetyHandlers(d: RunnerDeps, authed: Authed) {
       const [from, to] = await Promise.all([d.connections.get(r.from), d.connections.get(r.to)]);
       const planned = await gatherAndPlan(d.agents, { from, to, tables: r.tables, mode: 'upsert', batchBytes: DEFAULT_BATCH_BYTES });
       const tables: pb.TableVerify[] = [];
-      for (const t of planned.tasks) {
+      for (const t of wholeTables(planned.tasks)) {
         const c = await compareTable(d.agents, side(from), side(to), compareSpec({ schema_name: t.schema, table_name: t.table, message: t.message }, r.max_keys));
         const differences = c.onlySource + c.onlyTarget + c.different;
         tables.push({

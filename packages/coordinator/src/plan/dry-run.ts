@@ -1,7 +1,7 @@
 import type { pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 import type { SyncRequest } from './gather.js';
-import type { Planned } from './planner.js';
+import { wholeTables, type Planned } from './planner.js';
 import { compareTable } from '../verify/compare.js';
 import { side, compareSpec } from '../run/report.js';
 
@@ -12,7 +12,7 @@ import { side, compareSpec } from '../run/report.js';
  */
 export async function dryRun(agents: AgentLink, req: SyncRequest, planned: Planned): Promise<pb.TableDryRun[]> {
   const out: pb.TableDryRun[] = [];
-  for (const t of planned.tasks) {
+  for (const t of wholeTables(planned.tasks)) {
     const r = await compareTable(agents, side(req.from), side(req.to), compareSpec({ schema_name: t.schema, table_name: t.table, message: t.message }, 0));
     const row: pb.TableDryRun = { schema: t.schema, table: t.table, source_rows: r.sourceRows, target_rows: r.targetRows, inserts: 0, updates: 0, deletes: 0, note: '' };
     switch (t.method) {

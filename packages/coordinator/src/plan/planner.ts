@@ -35,6 +35,11 @@ export interface Planned {
 
 const keyOf = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
 
+/** One task per table (the first part of a table cut into ranges): for what concerns a table whole. */
+export function wholeTables<T extends { schema: string; table: string }>(tasks: readonly T[]): T[] {
+  return tasks.filter((t, i, all) => all.findIndex((x) => x.schema === t.schema && x.table === t.table) === i);
+}
+
 /**
  * Builds the plan of a sync from both schemas: which tables, in which FK level, by which apply
  * method, which constraints are set aside, which sequences follow. Refuses, before anything is
@@ -128,9 +133,7 @@ export function planSync(input: PlanInput): Planned {
       const [schema, table] = splitKey(e.from, selected);
       return { schema, table, name: e.name };
     }),
-    loadTables: input.keepIndexes ? [] : tasks.filter((t) => t.method === 'copy')
-      .filter((t, i, all) => all.findIndex((x) => x.schema === t.schema && x.table === t.table) === i)
-      .map((t) => ({ schema: t.schema, name: t.table })),
+    loadTables: input.keepIndexes ? [] : wholeTables(tasks).filter((t) => t.method === 'copy').map((t) => ({ schema: t.schema, name: t.table })),
     sourceGroup: input.from.group, targetGroup: input.to.group,
     createTables: missing, postDdl: [],
   };

@@ -88,7 +88,9 @@ export class JobRunner {
   async #endWithErrors(job: JobRow, tasks: TaskRow[]): Promise<void> {
     const bad = tasks.filter((t) => t.state !== 'done');
     const reason = `${bad.length} table(s) not synced: ${bad.map((t) => `${t.schema_name}.${t.table_name}: ${t.error || t.state}`).join('; ')}`;
-    if (!tasks.some((t) => t.state === 'done')) {
+    // All or nothing when the job asked for a rollback on failure: a partial result is a failure.
+    const allOrNothing = (job.spec as { on_failure?: string })?.on_failure === 'rollback';
+    if (allOrNothing || !tasks.some((t) => t.state === 'done')) {
       await this.fail(job, reason);
       return;
     }
