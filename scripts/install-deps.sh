@@ -47,5 +47,7 @@ if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] || [ packag
   log "npm install"
   npm install --no-audit --no-fund --loglevel=error
 fi
+# postinstall runs it too; again here in case node_modules came from elsewhere (idempotent).
+node scripts/patch-deps.mjs
 
 npm run --silent build

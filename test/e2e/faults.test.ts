@@ -62,8 +62,11 @@ function sourceLogs(): string[] {
 }
 
 async function finish(db: string, jobId: string, timeoutMs = 300_000): Promise<pb.Job__Output> {
-  const job = await api.waitJob(jobId, timeoutMs);
-  return job;
+  return api.waitJob(jobId, timeoutMs).catch(async (e) => {
+    const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
+    const logs = await stack.cli(['job', 'logs', jobId]);
+    throw new Error(`${(e as Error).message}\ntasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\nlogs: ${stack.logDir}`);
+  });
 }
 
 async function verify(db: string, jobId: string, label: string): Promise<{ reworkRows: number; reworkBatches: number; keyedReworkBatches: number }> {
@@ -112,7 +115,7 @@ describe('crashes', () => {
 describe('the target database down for 20 s', () => {
   // Skipped: since the merge of the safety and speed work the job stays running after the 20 s outage
   // (passes on the reliability branch alone); open in issue 3's note until the cause is found.
-  it.skip('retries and the breaker carry the job through, or it dead-letters cleanly and `dlq retry` completes it', async () => {
+  it('retries and the breaker carry the job through, or it dead-letters cleanly and `dlq retry` completes it', async () => {
     const jobId = await start('outage', 3);
     await batchesAtLeast('outage', jobId, rnd(10, 30));
     await b.stop();

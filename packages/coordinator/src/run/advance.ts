@@ -54,6 +54,11 @@ export class JobRunner {
       this.#failures.set(jobId, n);
       const delay = Math.min(30_000, 500 * 2 ** Math.min(n, 6));
       this.d.log.warn({ job: jobId, err: scrubSecrets((e as Error).message), retry_in_ms: delay }, 'advancing job failed; will try again');
+      // Said in the job's log too (first time, then every 10th), so a job waiting e.g. for an agent of a group that is
+      // all down is visibly waiting, not silently stuck; the job timeout still bounds it.
+      if (n % 10 === 1) {
+        await this.d.jobs.log(jobId, null, 'warn', `waiting to advance the job (attempt ${n}, next in ${Math.round(delay / 1000)} s): ${scrubSecrets(err.message)}`).catch(() => undefined);
+      }
       setTimeout(() => void this.advance(jobId), delay).unref();
     });
     this.#chains.set(jobId, next);
