@@ -40,3 +40,10 @@ export async function ledgerPosition(sql: Sql, jobId: string, taskId: string): P
   // (ORDER BY l.seq, the bigint: a bare "seq" would sort the text output column, and 9 > 22.)
   return row ? { seq: Number(row.seq), lastKey: row.last_key } : { seq: 0, lastKey: null };
 }
+
+/** The content hashes of a task's committed batches, in order (a keyless table's resume checks them). */
+export async function ledgerHashes(sql: Sql, jobId: string, taskId: string): Promise<string[]> {
+  const rows = await sql<{ hash: string }[]>`
+    SELECT l.hash FROM syncflow.ledger l WHERE l.job_id = ${jobId} AND l.task_id = ${taskId} ORDER BY l.seq`;
+  return rows.map((r) => r.hash);
+}

@@ -1,7 +1,12 @@
 import { grpc, toSyncflowError, SyncflowError, ErrorKind, injectContext, type pb, type Logger } from '@syncflow/shared';
 import type { InflightBytes } from '../work/limits.js';
 
-export interface TransferStart { committedSeq: number; resumeAfter: string[] | null }
+export interface TransferStart {
+  committedSeq: number;
+  resumeAfter: string[] | null;
+  /** Keyless tables: sha256 of each committed batch, seq 1 first. */
+  committedHashes: string[];
+}
 export interface OutBatch { data: Buffer; rows: number; firstKey: (string | null)[]; lastKey: (string | null)[] }
 
 /**
@@ -18,6 +23,7 @@ export class TransferSender {
   #final!: Promise<pb.TransferAck__Output>;
   #seq = 0;
   #blockedSince = 0;
+  #streamError: unknown;
   /** Send time and size of each unacknowledged batch: commit latency for the batch sizer, bytes for the cap. */
   #pending = new Map<number, { at: number; bytes: number }>();
 
@@ -26,6 +32,9 @@ export class TransferSender {
     const md = new grpc.Metadata();
     for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
     this.#call = client.Transfer(md);
+    // The call can fail (target agent unreachable) before anything reads it: without a listener that
+    // 'error' event would crash the process. Keep it; #next() reports it.
+    this.#call.on('error', (e) => { this.#streamError ??= e; });
     this.#acks = this.#call[Symbol.asyncIterator]() as AsyncIterator<pb.TransferAck__Output>;
   }
 
@@ -33,11 +42,12 @@ export class TransferSender {
   async open(header: pb.TransferHeader): Promise<TransferStart> {
     this.#call.write({ header: { ...header, trace: injectContext() } });
     const first = await this.#next();
-    if (!first?.ready) throw new SyncflowError(ErrorKind.Internal, 'target did not answer the Transfer header');
+    if (!first) throw new SyncflowError(ErrorKind.Unavailable, 'target agent closed the Transfer stream before answering', { retryable: true });
+    if (!first.ready) throw new SyncflowError(ErrorKind.Internal, 'target did not answer the Transfer header');
     this.#seq = Number(first.committed_seq);
     this.#final = this.#ackLoop();
     this.#final.catch(() => undefined);
-    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null };
+    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null, committedHashes: first.committed_hashes };
   }
 
   async send(b: OutBatch): Promise<number> {
@@ -92,6 +102,7 @@ export class TransferSender {
   async #next(): Promise<pb.TransferAck__Output | undefined> {
     try {
       const r = await this.#acks.next();
+      if (r.done && this.#streamError) throw this.#streamError;
       return r.done ? undefined : r.value;
     } catch (e) {
       throw toSyncflowError(e, 'target agent');

@@ -4,7 +4,7 @@ import {
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
-import { ensureTargetSchema, ledgerPosition } from '../apply/ledger.js';
+import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledger.js';
 import { restartTask } from '../apply/restart.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
@@ -65,7 +65,8 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
       tlog.warn({ earlier_batches: pos.seq }, 'keyless table restarted: rows of earlier attempts deleted with their ledger rows');
       pos = { seq: 0, lastKey: null };
     }
-    call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null });
+    const committedHashes = pos.seq > 0 && spec.key.columns.length === 0 ? await ledgerHashes(sql, spec.jobId, spec.taskId) : [];
+    call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null, committed_hashes: committedHashes });
     if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
     // Mirror marks start at the range's lower end (or the last committed key) and end at its upper end.
     let prevKey = pos.lastKey ?? (header.range_after?.values.length ? header.range_after.values : null);

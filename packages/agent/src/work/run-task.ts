@@ -1,11 +1,12 @@
+import { createHash } from 'node:crypto';
 import {
   applyMethodToProto, publishEvent, retry, withSpan, extractContext, SpanKind, SyncflowError, ErrorKind,
-  BatchSizer, type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb, type Sql,
+  BatchSizer, toSyncflowError, type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb, type Sql,
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { readTable } from '../read/table-reader.js';
 import { SNAPSHOT_ID } from '../read/snapshot.js';
-import { TransferSender } from '../stream/transfer-client.js';
+import { TransferSender, type TransferStart } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
 
@@ -41,6 +42,9 @@ async function snapshotAlive(sql: Sql, id: string): Promise<boolean> {
 }
 
 export interface TaskOutcome { rows: number; bytes: number; batches: number }
+
+const KEYLESS_CHANGED = 'keyless_changed';
+const keylessChanged = () => new SyncflowError(ErrorKind.FailedPrecondition, 'a keyless table read again differs from its committed batches', { code: KEYLESS_CHANGED });
 
 /**
  * Runs one table task as its source agent: read from the job snapshot after the target's last
@@ -83,7 +87,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       }
     }
 
-    const abort = () => sender.cancel();
+    const abort = () => sender.cancel(); // the current sender: a keyless restart replaces it
     signal.addEventListener('abort', abort, { once: true });
     try {
       const header = {
@@ -93,53 +97,75 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         range_after: task.range?.after ? { values: task.range.after as string[] } : null,
         range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
       };
-      let start = await sender.open(header);
       const keyless = task.key_columns.length === 0;
-      if (keyless && start.committedSeq > 0 && !(await snapshotAlive(sql, task.snapshot_id))) {
-        // A keyless table cannot resume by key, and its physical order in a new snapshot differs:
-        // start it over. The target deletes what earlier attempts of this task applied, in one
-        // transaction with their ledger rows, before the first new batch.
+      /** Starts a keyless table over: the target deletes what earlier attempts applied (with their ledger rows) in one transaction. */
+      const restartTable = async (why: string): Promise<TransferStart> => {
         sender.cancel();
-        signal.removeEventListener('abort', abort);
         sender = new TransferSender(deps.clients.get(target.address), deps.creditWindow, tlog, onAck, deps.inflight);
-        signal.addEventListener('abort', abort, { once: true });
-        start = await sender.open({ ...header, restart: true });
+        const s = await sender.open({ ...header, restart: true });
         restarted = true;
-        await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: no primary key and the job snapshot is gone: restarted the table (the rows earlier attempts applied were deleted in one transaction, then the table is read again)` }, `${task.task_id}:restart:${delivery}`);
-      }
-      await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id && !restarted ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
-      let skip = keyless ? start.committedSeq : 0; // keyless: re-read the same snapshot, skip what was committed
-      const readSpec = {
-        schema: task.schema, table: task.table, columns: task.columns,
-        key: { columns: task.key_columns, types: task.key_types }, snapshotId: restarted ? '' : task.snapshot_id,
-        resumeAfter: keyless ? null : start.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-        blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes,
+        await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: no primary key and ${why}: restarted the table (the rows earlier attempts applied were deleted in one transaction, then the table is read again)` }, `${task.task_id}:restart:${delivery}`);
+        return s;
       };
-      const { snapshot } = await readTable(sql, readSpec, tlog, async (b) => {
-        if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
-        if (await deps.flags.isPaused(task.job_id)) {
-          // Let the batches in flight commit (their acks become the checkpoint); only the batch in
-          // hand is read again on resume.
-          await sender.settle().catch(() => undefined);
-          if (lastAck.seq > 0) {
-            await emit({ ...base, type: 'checkpoint', at: now(), seq: lastAck.seq, last_key: lastAck.key, rows, bytes, batches }, `${task.task_id}:cp:${lastAck.seq}:${delivery}`).catch(() => undefined);
+      let start = await sender.open(header);
+      // A keyless table resumes by reading its committed batches again and skipping them. In the job
+      // snapshot they are the same batches; in a new one (the snapshot's agent died) each must hash
+      // equal to the ledger's, or the table changed since and is started over.
+      let snapshotId = task.snapshot_id;
+      if (keyless && start.committedSeq > 0 && !(await snapshotAlive(sql, task.snapshot_id))) {
+        snapshotId = '';
+        if (start.committedHashes.length !== start.committedSeq) start = await restartTable('the job snapshot is gone');
+      }
+      await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
+
+      const read = async (from: TransferStart, snapshotId: string) => {
+        const committed = keyless ? from.committedSeq : 0;
+        let skipped = 0;
+        const readSpec = {
+          schema: task.schema, table: task.table, columns: task.columns,
+          key: { columns: task.key_columns, types: task.key_types }, snapshotId,
+          resumeAfter: keyless ? null : from.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
+          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes,
+        };
+        const result = await readTable(sql, readSpec, tlog, async (b) => {
+          if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
+          if (await deps.flags.isPaused(task.job_id)) {
+            // Let the batches in flight commit (their acks become the checkpoint); only the batch in
+            // hand is read again on resume.
+            await sender.settle().catch(() => undefined);
+            if (lastAck.seq > 0) {
+              await emit({ ...base, type: 'checkpoint', at: now(), seq: lastAck.seq, last_key: lastAck.key, rows, bytes, batches }, `${task.task_id}:cp:${lastAck.seq}:${delivery}`).catch(() => undefined);
+            }
+            throw new SyncflowError(ErrorKind.Cancelled, 'job paused', { code: 'paused' });
           }
-          throw new SyncflowError(ErrorKind.Cancelled, 'job paused', { code: 'paused' });
+          if (skipped < committed) {
+            const expected = from.committedHashes[skipped];
+            if (expected !== undefined && createHash('sha256').update(b.data).digest('hex') !== expected) throw keylessChanged();
+            skipped++;
+            return;
+          }
+          const waited = await limiter.take(b.rows, b.data.length);
+          if (waited > 5_000) tlog.info({ waited_ms: waited }, 'reader held back by the job rate limit');
+          await sender.send(b).catch((e) => { fromTarget.add(e as object); throw e; });
+          rows += b.rows; bytes += b.data.length; batches++;
+        });
+        if (skipped < committed) throw keylessChanged(); // fewer rows than were committed
+        if (committed > 0 && !snapshotId) {
+          await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: no primary key and the job snapshot is gone: the ${committed} committed batch(es), read again in a new snapshot, equal the target's ledger; continued after them without sending them again` }, `${task.task_id}:verified:${delivery}`);
         }
-        if (skip > 0) { skip--; return; }
-        const waited = await limiter.take(b.rows, b.data.length);
-        if (waited > 5_000) tlog.info({ waited_ms: waited }, 'reader held back by the job rate limit');
-        await sender.send(b).catch((e) => { fromTarget.add(e as object); throw e; });
-        rows += b.rows; bytes += b.data.length; batches++;
+        return result;
+      };
+      const { snapshot } = await read(start, snapshotId).catch(async (e) => {
+        if (toSyncflowError(e).code !== KEYLESS_CHANGED || restarted) throw e;
+        start = await restartTable('it changed since the job snapshot, which is gone');
+        return read(start, '');
       }).catch((e) => {
         // Only the source database's own failures count against its breaker (the target agent keeps its own).
         if (!(typeof e === 'object' && e !== null && fromTarget.has(e))) source.breaker.failure(e);
         throw e;
       });
       source.breaker.success();
-      if (snapshot === 'own' && !restarted) {
-        // The snapshot vanished between the check and the read: the next attempt restarts the table.
-        if (keyless && start.committedSeq > 0) throw new SyncflowError(ErrorKind.Unavailable, 'job snapshot lost while resuming a keyless table', { code: 'keyless_resume', retryable: true });
+      if (snapshot === 'own' && snapshotId && !keyless) {
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
