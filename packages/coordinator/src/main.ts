@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   const events = new EventConsumer(js, n, deps.jobs, runner, log, deps);
   events.start();
   const stopSweep = startTimeoutSweep(sql, runner, deps);
-  const stopAdvisories = await watchMaxDeliveries(nc, js, jsm, n, log);
+  const stopAdvisories = watchMaxDeliveries(js, jsm, n, log);
 
   const { server, health } = createServer(['syncflow.v1.SyncService']);
   server.addService(loadProtos().proto.syncflow.v1.SyncService.service, syncService(deps, runner, sealer, cfg.SYNCFLOW_API_TOKEN, log));
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'coordinator stopping');
     health.setStatus('', 'NOT_SERVING');
     stopSweep();
-    stopAdvisories();
+    await stopAdvisories();
     metrics.close();
     await shutdownServer(server);
     await events.stop();

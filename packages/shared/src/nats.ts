@@ -31,6 +31,8 @@ export async function ensureStreams(jsm: JetStreamManager, n: Names, opts: { ack
     { name: n.tasksStream, subjects: [n.taskSubjects], retention: RetentionPolicy.Workqueue },
     { name: n.eventsStream, subjects: [n.eventSubjects], retention: RetentionPolicy.Limits },
     { name: n.deadLetterStream, subjects: [n.deadLetterSubjects], retention: RetentionPolicy.Limits },
+    // Advisories are plain NATS messages: captured in a stream, none is lost while the coordinator is down.
+    { name: n.advisoryStream, subjects: [n.maxDeliveriesAdvisories], retention: RetentionPolicy.Workqueue },
   ];
   for (const s of streams) {
     const cfg = { name: s.name, subjects: s.subjects, retention: s.retention, storage: StorageType.File, duplicate_window: 2 * 60 * 60 * 1e9 };
@@ -44,6 +46,14 @@ export async function ensureStreams(jsm: JetStreamManager, n: Names, opts: { ack
     await jsm.consumers.info(n.eventsStream, n.coordinatorConsumer);
   } catch {
     await jsm.consumers.add(n.eventsStream, {
+      durable_name: n.coordinatorConsumer, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All,
+      ack_wait: 30e9, max_deliver: -1,
+    });
+  }
+  try {
+    await jsm.consumers.info(n.advisoryStream, n.coordinatorConsumer);
+  } catch {
+    await jsm.consumers.add(n.advisoryStream, {
       durable_name: n.coordinatorConsumer, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All,
       ack_wait: 30e9, max_deliver: -1,
     });

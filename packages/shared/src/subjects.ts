@@ -4,6 +4,9 @@ export function names(ns: string) {
     tasksStream: `${ns}_TASKS`,
     eventsStream: `${ns}_EVENTS`,
     deadLetterStream: `${ns}_DLQ`,
+    /** JetStream's own max-deliveries advisories about the task stream, kept until the coordinator handles them. */
+    advisoryStream: `${ns}_ADVISORIES`,
+    maxDeliveriesAdvisories: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${ns}_TASKS.*`,
     taskSubject: (group: string) => `${ns.toLowerCase()}.tasks.${group}`,
     taskSubjects: `${ns.toLowerCase()}.tasks.>`,
     eventSubject: (jobId: string) => `${ns.toLowerCase()}.events.${jobId}`,
