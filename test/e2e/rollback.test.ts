@@ -55,6 +55,8 @@ beforeAll(async () => {
     await b.createDatabase(db);
     await b.exec(db, SCHEMA + TARGET);
   }
+  await b.createDatabase('empty');
+  await b.exec('empty', SCHEMA);
   // A real fault, on the target only: the child row with id 2920 (in the 5th of 10 batches) is refused
   // with a non-data error (P0001), so the batch is neither quarantined nor retried: the job fails.
   await b.exec('faulty', `
@@ -64,6 +66,7 @@ beforeAll(async () => {
   await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
   await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
   await api.call('CreateConnection', { name: 'faulty', url: b.url('faulty'), group: 'b' });
+  await api.call('CreateConnection', { name: 'empty', url: b.url('empty'), group: 'b' });
 });
 
 afterAll(async () => {
@@ -122,6 +125,41 @@ describe('rollback', () => {
     const again = await stack.cli(['job', 'rollback', job.id]);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/^syncflow: FAILED_PRECONDITION: .*already rolled back/);
+  });
+
+  it('an initial load into empty tables (COPY straight in, no per-row undo log) is rolled back by transaction id', async () => {
+    const before = await snapshotOf('empty');
+    const load = async () => {
+      const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'empty', batch_bytes: 65536 });
+      const done = await api.waitJob(job.id);
+      expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+      expect(diffHashes(await databaseHashes(a.sql('app')), await databaseHashes(b.sql('empty')))).toEqual([]);
+      // The undo log holds the batches, not the rows.
+      const [{ rows, batches }] = await b.sql('empty')<{ rows: number; batches: number }[]>`
+        SELECT (SELECT count(*)::int FROM syncflow.undo_log WHERE job_id = ${job.id}) AS rows,
+               (SELECT count(*)::int FROM syncflow.undo_loads WHERE job_id = ${job.id}) AS batches`;
+      expect(rows).toBe(0);
+      expect(batches).toBeGreaterThanOrEqual(10);
+      return job.id;
+    };
+    const first = await load();
+    const rb = await stack.cli(['job', 'rollback', first, '--json']);
+    expect(rb.code, rb.stderr).toBe(0);
+    expect(Number((JSON.parse(rb.stdout) as pb.RollbackResult__Output).rows_deleted)).toBe(300 + 6500 + 50 + 40);
+    const after = await snapshotOf('empty');
+    expect(diffHashes(before.tables, after.tables)).toEqual([]);
+    expect(after.sequences).toEqual(before.sequences);
+
+    // A loaded row changed since is a conflict; --force removes the rest of the load.
+    const second = await load();
+    await b.exec('empty', `UPDATE parent SET name = 'changed by someone else' WHERE id = 17`);
+    const refused = await stack.cli(['job', 'rollback', second]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^syncflow: FAILED_PRECONDITION: 1 row\(s\) written by job .* changed since by someone else \(.*parent \(loaded\): 1 row\(s\) of its initial load were changed or deleted since\)/);
+    const forced = await stack.cli(['job', 'rollback', second, '--force']);
+    expect(forced.code, forced.stderr).toBe(0);
+    const [{ n }] = await b.sql('empty')<{ n: number }[]>`SELECT (SELECT count(*) FROM parent) + (SELECT count(*) FROM child) + (SELECT count(*) FROM tags) AS n`;
+    expect(Number(n)).toBe(1); // only the row someone else wrote is left
   });
 
   it('refuses to roll back rows changed since by someone else, unless --force', async () => {

@@ -4,9 +4,9 @@ import { pipeline } from 'node:stream/promises';
 import { ident, identList, type Sql, type ApplyMethod } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from '../read/keys.js';
 import {
-  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, type UndoTarget,
+  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
-import { applyBisecting, badRowPolicy, type ChunkCounts } from './quarantine.js';
+import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
 
 export interface ApplySpec {
   jobId: string;
@@ -39,18 +39,19 @@ export interface Applied { duplicate: boolean; inserted: number; updated: number
  * for, not silently overwritten mid-statement (see docs/safety.md, "Isolation").
  */
 export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lowerKey: string[] | null): Promise<Applied> {
+  if (spec.method === 'copy') {
+    // A load into a table that was empty: COPY straight into it. A batch the target refuses rolls
+    // back whole and goes the staged way below, which finds and quarantines the bad rows.
+    const direct = await loadDirect(sql, spec, b).catch((e) => {
+      if (isDataError(e)) return undefined;
+      throw e;
+    });
+    if (direct) return direct;
+  }
   return sql.begin('ISOLATION LEVEL READ COMMITTED', async (txAny) => {
     const tx = txAny as unknown as Sql;
-    await fenceBatch(tx, spec.jobId);
-    const hash = createHash('sha256').update(b.data).digest('hex');
-    const fresh = await tx`
-      INSERT INTO syncflow.ledger (job_id, task_id, seq, first_key, last_key, rows, bytes, hash)
-      VALUES (${spec.jobId}, ${spec.taskId}, ${b.seq}, ${b.firstKey}, ${b.lastKey}, ${b.rows}, ${b.data.length}, ${hash})
-      ON CONFLICT DO NOTHING RETURNING 1`;
-    if (fresh.length === 0) return { duplicate: true, inserted: 0, updated: 0, marked: 0, quarantined: 0 };
-
-    const u: UndoTarget = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
-    await registerUndoTable(tx, u);
+    const u = await beginBatch(tx, spec, b);
+    if (!u) return DUPLICATE;
     const table = ident(tx, spec.schema, spec.table);
     const cols = identList(tx, spec.columns);
     if (spec.method === 'replace' && b.seq === 1) await deleteAllLogged(tx, u);
@@ -87,6 +88,40 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     });
     const marked = spec.mirror && spec.method === 'upsert' ? await markMissing(tx, spec, lowerKey, b.lastKey, true, b.seq) : 0;
     return { duplicate: false, inserted: r.inserted, updated: r.updated, marked, quarantined: r.quarantined };
+  });
+}
+
+const DUPLICATE: Applied = { duplicate: true, inserted: 0, updated: 0, marked: 0, quarantined: 0 };
+
+/**
+ * The start of every batch's transaction: the fence against a rollback of the job, then the ledger
+ * row. Undefined when the ledger already has the batch (applied before: acknowledge, skip).
+ */
+async function beginBatch(tx: Sql, spec: ApplySpec, b: IncomingBatch): Promise<UndoTarget | undefined> {
+  await fenceBatch(tx, spec.jobId);
+  const hash = createHash('sha256').update(b.data).digest('hex');
+  const fresh = await tx`
+    INSERT INTO syncflow.ledger (job_id, task_id, seq, first_key, last_key, rows, bytes, hash)
+    VALUES (${spec.jobId}, ${spec.taskId}, ${b.seq}, ${b.firstKey}, ${b.lastKey}, ${b.rows}, ${b.data.length}, ${hash})
+    ON CONFLICT DO NOTHING RETURNING 1`;
+  if (fresh.length === 0) return undefined;
+  const u: UndoTarget = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
+  await registerUndoTable(tx, u);
+  return u;
+}
+
+/**
+ * The fast path of an initial load: the batch goes by COPY straight into the table, in one
+ * transaction with its ledger row; the undo log records the batch (its transaction id), not each row.
+ */
+async function loadDirect(sql: Sql, spec: ApplySpec, b: IncomingBatch): Promise<Applied> {
+  return sql.begin('ISOLATION LEVEL READ COMMITTED', async (txAny) => {
+    const tx = txAny as unknown as Sql;
+    const u = await beginBatch(tx, spec, b);
+    if (!u) return DUPLICATE;
+    await copyIn(tx, tx`COPY ${ident(tx, spec.schema, spec.table)} (${identList(tx, spec.columns)}) FROM STDIN`, b.data);
+    await logLoad(tx, u, b.rows);
+    return { duplicate: false, inserted: b.rows, updated: 0, marked: 0, quarantined: 0 };
   });
 }
 

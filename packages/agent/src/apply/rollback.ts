@@ -17,7 +17,8 @@ interface TargetColumn { name: string; identity: string; generated: string }
  *   4. set sequences back.
  * The job's exclusive advisory lock waits for its batches in flight; the rollbacks row then fences
  * any later batch of the job. Cost: proportional to the rows the job changed (key lookups), except
- * keyless tables, whose rows are matched by content in one scan.
+ * keyless tables, whose rows are matched by content in one scan, and batches loaded straight into
+ * an empty table, whose rows are found by their transaction id (xmin) in one scan.
  */
 export async function rollbackJob(sql: Sql, req: pb.RollbackTargetRequest__Output, log: Logger): Promise<pb.RollbackReply> {
   const jobId = req.job_id;
@@ -72,6 +73,7 @@ export async function rollbackJob(sql: Sql, req: pb.RollbackTargetRequest__Outpu
     await tx`INSERT INTO syncflow.rollbacks (job_id, forced, rows_deleted, rows_restored, rows_reinserted)
              VALUES (${jobId}, ${req.force}, ${deleted}, ${restored}, ${reinserted})`;
     await tx`DELETE FROM syncflow.undo_log WHERE job_id = ${jobId}`;
+    await tx`DELETE FROM syncflow.undo_loads WHERE job_id = ${jobId}`;
     await tx`DELETE FROM syncflow.undo_sequences WHERE job_id = ${jobId}`;
     await tx`DELETE FROM syncflow.pending_deletes WHERE job_id = ${jobId}`;
     log.info({ job: jobId, deleted, restored, reinserted, sequences, forced: req.force }, 'job rolled back on the target');
@@ -100,7 +102,7 @@ async function findConflicts(tx: Sql, jobId: string, t: UndoTable): Promise<{ co
     const back = await tx<{ key: string[] }[]>`
       SELECT u.key FROM syncflow.undo_log u
       WHERE ${where} AND u.op = 'd' AND EXISTS (SELECT 1 FROM ${table} t WHERE ${keyMatch(tx, t, 't', 'u.key')})`;
-    count = changed.length + back.length;
+    count = changed.length + back.length + (await changedLoads(tx, jobId, t, sample));
     for (const c of changed.slice(0, 20)) sample.push({ schema: t.schema_name, table: t.table_name, key: keyText(c.key), reason: c.op === 'i' ? 'the row it inserted was changed or deleted since' : 'the row it updated was changed or deleted since' });
     for (const c of back.slice(0, 20)) sample.push({ schema: t.schema_name, table: t.table_name, key: keyText(c.key), reason: 'the row it deleted exists again' });
   } else {
@@ -110,8 +112,27 @@ async function findConflicts(tx: Sql, jobId: string, t: UndoTable): Promise<{ co
       SELECT coalesce(sum(u.n - coalesce(cur.m, 0)), 0)::text AS n FROM u LEFT JOIN cur ON cur.r = u.r WHERE coalesce(cur.m, 0) < u.n`;
     count = Number(r!.n);
     if (count) sample.push({ schema: t.schema_name, table: t.table_name, key: '(keyless)', reason: `${count} row(s) it inserted were changed or deleted since` });
+    count += await changedLoads(tx, jobId, t, sample);
   }
   return { count, sample };
+}
+
+/** The transaction ids of the job's batches loaded straight into table t (their rows' xmin). */
+const loadXids = (tx: Sql, jobId: string, t: UndoTable) =>
+  tx`SELECT l.xid::xid FROM syncflow.undo_loads l WHERE l.job_id = ${jobId} AND l.schema_name = ${t.schema_name} AND l.table_name = ${t.table_name}`;
+
+/**
+ * Rows of directly loaded batches that are no longer as the job left them: an update gives a row
+ * a new xmin and a delete removes it, so fewer rows carry the batches' ids than they loaded.
+ */
+async function changedLoads(tx: Sql, jobId: string, t: UndoTable, sample: pb.RollbackConflict[]): Promise<number> {
+  const [l] = await tx<{ n: string }[]>`
+    SELECT coalesce(sum(rows), 0)::text AS n FROM syncflow.undo_loads WHERE job_id = ${jobId} AND schema_name = ${t.schema_name} AND table_name = ${t.table_name}`;
+  if (Number(l!.n) === 0) return 0;
+  const [c] = await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM ${ident(tx, t.schema_name, t.table_name)} t WHERE t.xmin IN (${loadXids(tx, jobId, t)})`;
+  const changed = Number(l!.n) - Number(c!.n);
+  if (changed > 0) sample.push({ schema: t.schema_name, table: t.table_name, key: '(loaded)', reason: `${changed} row(s) of its initial load were changed or deleted since` });
+  return Math.max(0, changed);
 }
 
 async function targetColumns(tx: Sql, t: UndoTable): Promise<TargetColumn[]> {
@@ -149,6 +170,12 @@ async function putBack(tx: Sql, jobId: string, t: UndoTable, cols: TargetColumn[
 /** Deletes the rows the job inserted: by key, or for keyless tables as many rows of each content as it inserted. */
 async function deleteInserted(tx: Sql, jobId: string, t: UndoTable): Promise<number> {
   const table = ident(tx, t.schema_name, t.table_name);
+  // Rows of batches loaded straight into the table: found by their transaction's id.
+  const loaded = (await tx`DELETE FROM ${table} t WHERE t.xmin IN (${loadXids(tx, jobId, t)})`).count;
+  return loaded + (await deleteLogged(tx, jobId, t, table));
+}
+
+async function deleteLogged(tx: Sql, jobId: string, t: UndoTable, table: ReturnType<typeof ident>): Promise<number> {
   const where = tx`u.job_id = ${jobId} AND u.schema_name = ${t.schema_name} AND u.table_name = ${t.table_name} AND u.op = 'i'`;
   if (t.key_columns.length) {
     const r = await tx`DELETE FROM ${table} t USING syncflow.undo_log u WHERE ${where} AND ${keyMatch(tx, t, 't', 'u.key')}`;

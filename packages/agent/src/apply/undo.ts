@@ -27,6 +27,13 @@ export async function ensureSafetySchema(tx: Sql): Promise<void> {
     columns text[] NOT NULL, key_columns text[] NOT NULL, key_type_schemas text[] NOT NULL, key_type_names text[] NOT NULL,
     at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, schema_name, table_name))`;
+  // A batch loaded straight into a table that was empty (apply/batch.ts loadDirect) logs no row: its
+  // rows are those whose xmin is the batch transaction's id, and rollback finds them by it.
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_loads (
+    job_id uuid NOT NULL, task_id text NOT NULL, seq bigint NOT NULL,
+    schema_name text NOT NULL, table_name text NOT NULL, xid xid8 NOT NULL, rows bigint NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, task_id, seq))`;
   await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_sequences (
     job_id uuid NOT NULL, schema_name text NOT NULL, name text NOT NULL, last_value text NOT NULL, is_called boolean NOT NULL,
     at timestamptz NOT NULL DEFAULT now(),
@@ -119,6 +126,15 @@ export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, confli
   return { inserted: Number(r!.i), updated: Number(r!.u) };
 }
 
+/**
+ * Records a batch loaded straight into its table (COPY, no per-row log): its rows carry this
+ * transaction's id as xmin. Must run in the batch's top-level transaction, outside any savepoint.
+ */
+export async function logLoad(tx: Sql, u: UndoTarget, rows: number): Promise<void> {
+  await tx`INSERT INTO syncflow.undo_loads (job_id, task_id, seq, schema_name, table_name, xid, rows)
+           VALUES (${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, pg_current_xact_id(), ${rows})`;
+}
+
 /** Keyless insert from the stage (all rows, or with `onlyNew` those not already on the target), each logged by its row text. */
 export async function insertKeylessLogged(tx: Sql, u: UndoTarget, stage: string, onlyNew: boolean): Promise<number> {
   const table = ident(tx, u.schema, u.table);
@@ -147,6 +163,7 @@ export async function deleteAllLogged(tx: Sql, u: UndoTarget): Promise<number> {
 export async function purgeUndo(sql: Sql, retentionHours: number): Promise<number> {
   const cut = sql`now() - make_interval(hours => ${retentionHours}::int)`;
   const r = await sql`DELETE FROM syncflow.undo_log WHERE at < ${cut}`;
+  await sql`DELETE FROM syncflow.undo_loads WHERE at < ${cut}`;
   await sql`DELETE FROM syncflow.undo_tables WHERE at < ${cut}`;
   await sql`DELETE FROM syncflow.undo_sequences WHERE at < ${cut}`;
   return r.count;
