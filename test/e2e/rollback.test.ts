@@ -155,7 +155,7 @@ describe('rollback', () => {
     await b.exec('empty', `UPDATE parent SET name = 'changed by someone else' WHERE id = 17`);
     const refused = await stack.cli(['job', 'rollback', second]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^syncflow: FAILED_PRECONDITION: 1 row\(s\) written by job .* changed since by someone else \(.*parent \(loaded\): 1 row\(s\) of its initial load were changed or deleted since\)/);
+    expect(refused.stderr).toMatch(/^syncflow: FAILED_PRECONDITION: .*: 1 row\(s\) written by job .* changed since by someone else \(.*parent \(loaded\): 1 row\(s\) of its initial load were changed or deleted since\)/);
     const forced = await stack.cli(['job', 'rollback', second, '--force']);
     expect(forced.code, forced.stderr).toBe(0);
     const [{ n }] = await b.sql('empty')<{ n: number }[]>`SELECT (SELECT count(*) FROM parent) + (SELECT count(*) FROM child) + (SELECT count(*) FROM tags) AS n`;
