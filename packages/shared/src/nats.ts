@@ -1,10 +1,10 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, RetentionPolicy, StorageType, AckPolicy, DeliverPolicy, type JetStreamManager, type JetStreamClient } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, RetentionPolicy, StorageType, AckPolicy, DeliverPolicy, type JetStreamManager, type JetStreamClient, type ConsumerConfig, type JsMsg } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Names } from './subjects.js';
 import type { Logger } from './logging.js';
 
-export { type NatsConnection, type JetStreamClient, type JetStreamManager, type KV };
+export { type NatsConnection, type JetStreamClient, type JetStreamManager, type KV, type JsMsg };
 
 export async function connectNats(servers: string, name: string, log: Logger): Promise<NatsConnection> {
   const nc = await connect({
@@ -42,37 +42,54 @@ export async function ensureStreams(jsm: JetStreamManager, n: Names, opts: { ack
       await jsm.streams.add(cfg);
     }
   }
-  try {
-    await jsm.consumers.info(n.eventsStream, n.coordinatorConsumer);
-  } catch {
-    await jsm.consumers.add(n.eventsStream, {
-      durable_name: n.coordinatorConsumer, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All,
-      ack_wait: 30e9, max_deliver: -1,
-    });
-  }
-  try {
-    await jsm.consumers.info(n.advisoryStream, n.coordinatorConsumer);
-  } catch {
-    await jsm.consumers.add(n.advisoryStream, {
-      durable_name: n.coordinatorConsumer, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All,
-      ack_wait: 30e9, max_deliver: -1,
-    });
-  }
+  // The coordinator's durable consumers: the agents' events, and the advisories.
+  const coordinator = { ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: 30e9, max_deliver: -1 };
+  await ensureConsumer(jsm, n.eventsStream, n.coordinatorConsumer, coordinator);
+  await ensureConsumer(jsm, n.advisoryStream, n.coordinatorConsumer, coordinator);
   void opts;
+}
+
+/** Creates a durable consumer unless it exists (an existing one keeps its configuration). */
+async function ensureConsumer(jsm: JetStreamManager, stream: string, name: string, cfg: Partial<ConsumerConfig>): Promise<void> {
+  try {
+    await jsm.consumers.info(stream, name);
+  } catch {
+    await jsm.consumers.add(stream, { ...cfg, durable_name: name });
+  }
 }
 
 /** The durable pull consumer an agent group shares. */
 export async function ensureGroupConsumer(jsm: JetStreamManager, n: Names, group: string, opts: { ackWaitMs: number; maxDeliver: number }): Promise<string> {
   const name = n.groupConsumer(group);
-  try {
-    await jsm.consumers.info(n.tasksStream, name);
-  } catch {
-    await jsm.consumers.add(n.tasksStream, {
-      durable_name: name, ack_policy: AckPolicy.Explicit, filter_subject: n.taskSubject(group),
-      ack_wait: opts.ackWaitMs * 1e6, max_deliver: opts.maxDeliver, deliver_policy: DeliverPolicy.All,
-    });
-  }
+  await ensureConsumer(jsm, n.tasksStream, name, {
+    ack_policy: AckPolicy.Explicit, filter_subject: n.taskSubject(group),
+    ack_wait: opts.ackWaitMs * 1e6, max_deliver: opts.maxDeliver, deliver_policy: DeliverPolicy.All,
+  });
   return name;
+}
+
+/**
+ * Pulls a durable consumer's messages one at a time and hands each to `handle` until `stopping()`;
+ * `ready()` (optional) is awaited before each pull (e.g. a free slot). A failed pull (NATS
+ * restarting) is logged and tried again a second later.
+ */
+export async function pullEach(js: JetStreamClient, stream: string, consumerName: string, log: Logger,
+  opts: { stopping: () => boolean; ready?: () => Promise<void>; expiresMs?: number },
+  handle: (m: JsMsg) => Promise<void> | void): Promise<void> {
+  const consumer = await js.consumers.get(stream, consumerName);
+  while (!opts.stopping()) {
+    await opts.ready?.();
+    if (opts.stopping()) break;
+    let m: JsMsg | null = null;
+    try {
+      m = await consumer.next({ expires: opts.expiresMs ?? 1_000 });
+    } catch (e) {
+      log.warn({ stream, err: (e as Error).message }, 'pulling messages failed; retrying');
+      await new Promise((r) => setTimeout(r, 1_000));
+      continue;
+    }
+    if (m) await handle(m);
+  }
 }
 
 export async function openAgentsBucket(nc: NatsConnection, n: Names, ttlMs: number): Promise<KV> {

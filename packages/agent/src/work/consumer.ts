@@ -1,8 +1,7 @@
 import {
-  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer, retry, SyncflowError, ErrorKind,
-  type Names, type JetStreamClient, type JetStreamManager, type Logger,
+  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer, pullEach, retry, SyncflowError, ErrorKind,
+  type JsMsg, type Names, type JetStreamClient, type JetStreamManager, type Logger,
 } from '@syncflow/shared';
-import type { JsMsg } from '@nats-io/jetstream';
 import { runTask, type TaskDeps } from './run-task.js';
 
 export interface ConsumerOptions { group: string; concurrency: number; ackWaitMs: number; maxDeliver: number }
@@ -37,20 +36,11 @@ export class TaskConsumer {
   async #run(): Promise<void> {
     const { js, jsm, names, log } = this.deps;
     const name = await ensureGroupConsumer(jsm, names, this.opts.group, this.opts);
-    const consumer = await js.consumers.get(names.tasksStream, name);
-    while (!this.#stopping) {
-      if (this.#active.size >= this.opts.concurrency) { await sleep(100); continue; }
-      let m: JsMsg | null = null;
-      try {
-        m = await consumer.next({ expires: 2_000 });
-      } catch (e) {
-        log.warn({ err: (e as Error).message }, 'pulling tasks failed; retrying');
-        await sleep(1_000);
-        continue;
-      }
-      if (!m) continue;
-      void this.#handle(m);
-    }
+    await pullEach(js, names.tasksStream, name, log, {
+      stopping: () => this.#stopping,
+      ready: async () => { while (this.#active.size >= this.opts.concurrency && !this.#stopping) await sleep(100); },
+      expiresMs: 2_000,
+    }, (m) => { void this.#handle(m); });
   }
 
   // term() without a reason: nats-server 2.9 does not know "+TERM <reason>", ignores it, and

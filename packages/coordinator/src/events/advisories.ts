@@ -1,5 +1,4 @@
-import { taskMessage, decodeJson, publishEvent, scrubSecrets, sleep, type JetStreamClient, type JetStreamManager, type Names, type Logger } from '@syncflow/shared';
-import type { JsMsg } from '@nats-io/jetstream';
+import { taskMessage, decodeJson, publishEvent, scrubSecrets, pullEach, type JsMsg, type JetStreamClient, type JetStreamManager, type Names, type Logger } from '@syncflow/shared';
 
 /**
  * A task whose agents died on every delivery (kill -9, OOM) never sends a final `failed`:
@@ -11,27 +10,15 @@ import type { JsMsg } from '@nats-io/jetstream';
  */
 export function watchMaxDeliveries(js: JetStreamClient, jsm: JetStreamManager, n: Names, log: Logger): () => Promise<void> {
   let stopping = false;
-  const loop = (async () => {
-    const consumer = await js.consumers.get(n.advisoryStream, n.coordinatorConsumer);
-    while (!stopping) {
-      let m: JsMsg | null = null;
-      try {
-        m = await consumer.next({ expires: 1_000 });
-      } catch (e) {
-        log.warn({ err: (e as Error).message }, 'pulling advisories failed; retrying');
-        await sleep(1_000);
-        continue;
-      }
-      if (!m) continue;
-      try {
-        await handle(m);
-        m.ack();
-      } catch (e) {
-        log.warn({ err: scrubSecrets((e as Error).message) }, 'max-deliveries advisory not handled; it comes again');
-        m.nak(2_000);
-      }
+  const loop = pullEach(js, n.advisoryStream, n.coordinatorConsumer, log, { stopping: () => stopping }, async (m) => {
+    try {
+      await handle(m);
+      m.ack();
+    } catch (e) {
+      log.warn({ err: scrubSecrets((e as Error).message) }, 'max-deliveries advisory not handled; it comes again');
+      m.nak(2_000);
     }
-  })().catch((e) => log.error({ err: (e as Error).message }, 'advisory watcher stopped'));
+  }).catch((e) => log.error({ err: (e as Error).message }, 'advisory watcher stopped'));
 
   async function handle(m: JsMsg): Promise<void> {
     const adv = decodeJson(m.data) as { stream_seq?: number; deliveries?: number } | undefined;

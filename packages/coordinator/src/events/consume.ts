@@ -1,5 +1,4 @@
-import { eventMessage, decodeJson, extractContext, withSpan, scrubSecrets, type JetStreamClient, type Names, type Logger, type EventMessage } from '@syncflow/shared';
-import type { JsMsg } from '@nats-io/jetstream';
+import { eventMessage, decodeJson, extractContext, withSpan, scrubSecrets, pullEach, type JetStreamClient, type Names, type Logger, type EventMessage } from '@syncflow/shared';
 import type { JobStore } from '../store/jobs.js';
 import type { JobRunner, RunnerDeps } from '../run/advance.js';
 import { deadLetter } from '../run/recovery.js';
@@ -23,22 +22,12 @@ export class EventConsumer {
   }
 
   async #run(): Promise<void> {
-    const consumer = await this.js.consumers.get(this.n.eventsStream, this.n.coordinatorConsumer);
-    while (!this.#stopping) {
-      let m: JsMsg | null = null;
-      try {
-        m = await consumer.next({ expires: 1_000 });
-      } catch (e) {
-        this.log.warn({ err: (e as Error).message }, 'pulling events failed; retrying');
-        await new Promise((r) => setTimeout(r, 1_000));
-        continue;
-      }
-      if (!m) continue;
+    await pullEach(this.js, this.n.eventsStream, this.n.coordinatorConsumer, this.log, { stopping: () => this.#stopping }, async (m) => {
       const parsed = eventMessage.safeParse(decodeJson(m.data));
       if (!parsed.success) {
         this.log.error({ subject: m.subject }, 'malformed event dropped');
         m.term();
-        continue;
+        return;
       }
       try {
         const carrier: Record<string, string> = {};
@@ -49,7 +38,7 @@ export class EventConsumer {
         this.log.warn({ err: scrubSecrets((e as Error).message) }, 'event not applied; will be redelivered');
         m.nak(1_000);
       }
-    }
+    });
   }
 
   async #apply(e: EventMessage): Promise<void> {
