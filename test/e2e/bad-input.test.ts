@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, freePort, type PgCluster } from '../harness/index.js';
+import { TestStack, freePort, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -14,28 +14,19 @@ const SCHEMA = `
   CREATE TABLE "Robert'); DROP TABLE parent;--" (id int PRIMARY KEY, "x""y" text);`;
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('app');
-  await a.exec('app', SCHEMA + `
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('app', SCHEMA + `
     INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 50) g;
     INSERT INTO child SELECT g, 1 + g % 50, 'c' || g FROM generate_series(1, 200) g;
     INSERT INTO "Robert'); DROP TABLE parent;--" VALUES (1, 'bobby'), (2, E'tab\\there');`);
-  await b.createDatabase('app');
-  await b.exec('app', SCHEMA);
-  await b.createDatabase('partial');
-  await b.exec('partial', 'CREATE TABLE parent (id int PRIMARY KEY, name text);');
-  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
-  await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
-  await api.call('CreateConnection', { name: 'partial', url: b.url('partial'), group: 'b' });
+  await b.createDatabase('app', SCHEMA);
+  await b.createDatabase('partial', 'CREATE TABLE parent (id int PRIMARY KEY, name text);');
+  await api.connection('src', a, 'app', 'a');
+  await api.connection('dst', b, 'app', 'b');
+  await api.connection('partial', b, 'partial', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 async function jobCount(): Promise<number> {
   return (await api.call<pb.ListJobsResponse__Output>('ListJobs', { limit: 1000 })).jobs.length;

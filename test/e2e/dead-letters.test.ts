@@ -47,7 +47,7 @@ beforeAll(async () => {
   a = stack.region('a');
   b = stack.region('b');
   await loadSource(a, 'src', SMALL);
-  await api.call('CreateConnection', { name: 'src', url: a.url('src'), group: 'a' });
+  await api.connection('src', a, 'src', 'a');
 });
 
 afterAll(async () => {
@@ -64,7 +64,7 @@ const validSignature = (body: string, sig: string) => {
 async function failingJob(db: string): Promise<pb.Job__Output> {
   // 10% of orders have total >= 900: the target refuses them (SQLSTATE 23514, not retryable).
   await createTarget(b, db, 'ALTER TABLE orders ADD CONSTRAINT small_totals CHECK (total < 900);');
-  await api.call('CreateConnection', { name: db, url: b.url(db), group: 'b' });
+  await api.connection(db, b, db, 'b');
   const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: 64 * 1024, max_attempts: 2,
     on_bad_row: 'fail' }); // the refused rows must fail the table (quarantine is the default)
   try {
@@ -149,7 +149,7 @@ describe('one table fails for good', () => {
 
   it('a job past its timeout_seconds is cancelled like `job cancel`, with the reason', async () => {
     await createTarget(b, 'dst4');
-    await api.call('CreateConnection', { name: 'dst4', url: b.url('dst4'), group: 'b' });
+    await api.connection('dst4', b, 'dst4', 'b');
     const lock = await b.sql('dst4').reserve();
     await lock`BEGIN`;
     await lock`LOCK TABLE orders IN SHARE MODE`; // orders cannot finish: the job runs on past its timeout
@@ -168,7 +168,7 @@ describe('one table fails for good', () => {
 
   it('a task whose agents die on every delivery is dead-lettered from the max-deliveries advisory, never stuck', async () => {
     await createTarget(b, 'dst3');
-    await api.call('CreateConnection', { name: 'dst3', url: b.url('dst3'), group: 'b' });
+    await api.connection('dst3', b, 'dst3', 'b');
     // Hold orders locked against writes on the target (reads still work): its task stays in flight while its agents are killed.
     const lock = await b.sql('dst3').reserve();
     await lock`BEGIN`;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -27,24 +27,17 @@ const definitions = async (db: PgCluster) => (await db.sql('lib')<{ d: string }[
   ORDER BY 1`).map((r) => r.d);
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('lib');
-  await a.exec('lib', SCHEMA + `
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('lib', SCHEMA + `
     INSERT INTO authors SELECT g, 'author ' || g, 'a' || g || '@example.org' FROM generate_series(1, 2000) g;
     INSERT INTO books SELECT g, 1 + g % 2000, 'Title ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'isbn-' || g END, date '2000-01-01' + g % 8000
     FROM generate_series(1, 200000) g;`);
   await b.createDatabase('lib');
-  await api.call('CreateConnection', { name: 'a', url: a.url('lib'), group: 'a' });
-  await api.call('CreateConnection', { name: 'b', url: b.url('lib'), group: 'b' });
+  await api.connection('a', a, 'lib', 'a');
+  await api.connection('b', b, 'lib', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 describe('indexes and foreign keys of an initial load', () => {
   it('are restored exactly when a load is cancelled half-way', async () => {

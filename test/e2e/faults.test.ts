@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, waitFor, sleep, type PgCluster, type ManagedProcess } from '../harness/index.js';
+import { TestStack, stopRegions, waitFor, sleep, type PgCluster, type ManagedProcess } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import { loadSource, createTarget, expectSame, ledgerTotals, ledgerByTable, sentFromLogs, MILLION, totalRows } from '../fixtures/reliability.js';
 import type { pb } from '../../packages/shared/src/index.js';
@@ -29,17 +29,14 @@ beforeAll(async () => {
   a = stack.region('a');
   b = stack.region('b');
   await loadSource(a, 'src', MILLION);
-  await api.call('CreateConnection', { name: 'src', url: a.url('src'), group: 'a' });
+  await api.connection('src', a, 'src', 'a');
 }, 300_000);
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 async function start(db: string, maxAttempts: number): Promise<string> {
   await createTarget(b, db);
-  await api.call('CreateConnection', { name: db, url: b.url(db), group: 'b' });
+  await api.connection(db, b, db, 'b');
   const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: BATCH, max_attempts: maxAttempts });
   return job.id;
 }

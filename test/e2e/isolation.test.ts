@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, type PgCluster } from '../harness/index.js';
+import { TestStack, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -15,24 +15,16 @@ let a: PgCluster;
 let b: PgCluster;
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('app');
-  await a.exec('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
                        INSERT INTO t SELECT g, 'src' || g FROM generate_series(1, 60000) g;`);
-  await b.createDatabase('app');
-  await b.exec('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
+  await b.createDatabase('app', `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL);
                        INSERT INTO t SELECT g, 'old' FROM generate_series(1, 60000) g;`);
-  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
-  await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
+  await api.connection('src', a, 'app', 'a');
+  await api.connection('dst', b, 'app', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 describe('a concurrent writer on the target', () => {
   it('keeps its own rows, is waited for on shared rows, and its value survives in the undo log', async () => {

@@ -25,11 +25,9 @@ const pids = async () => {
 
 beforeAll(async () => {
   [a, b] = await Promise.all([PgCluster.start({ name: 'local-a' }), PgCluster.start({ name: 'local-b' })]);
-  await a.createDatabase('app');
-  await a.exec('app', `CREATE TABLE items (id int PRIMARY KEY, v text);
+  await a.createDatabase('app', `CREATE TABLE items (id int PRIMARY KEY, v text);
     INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 5000) g;`);
-  await b.createDatabase('app');
-  await b.exec('app', 'CREATE TABLE items (id int PRIMARY KEY, v text);');
+  await b.createDatabase('app', 'CREATE TABLE items (id int PRIMARY KEY, v text);');
   stateDir = await mkdtemp(join(tmpdir(), 'syncflow-local-'));
   port = await freePort();
 });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, sleep, type PgCluster } from '../harness/index.js';
+import { TestStack, stopRegions, databaseHashes, diffHashes, sleep, type PgCluster } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import { schemaOnly } from '../fixtures/chinook.js';
 import type { pb } from '../../packages/shared/src/index.js';
@@ -50,17 +50,13 @@ beforeAll(async () => {
   api = new Api(stack.coordinatorAddress);
   a = stack.region('a');
   b = stack.region('b');
-  await a.createDatabase('par');
-  await a.exec('par', SCHEMA + DATA);
+  await a.createDatabase('par', SCHEMA + DATA);
   await schemaOnly(a, 'par', b, 'par');
-  await api.call('CreateConnection', { name: 'par-a', url: a.url('par'), group: 'a' });
-  await api.call('CreateConnection', { name: 'par-b', url: b.url('par'), group: 'b' });
+  await api.connection('par-a', a, 'par', 'a');
+  await api.connection('par-b', b, 'par', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 /** Connections to database `par` per syncflow application_name prefix, right now. */
 async function connections(c: PgCluster): Promise<{ agent: number; snapshot: number }> {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { TestStack, type PgCluster } from '../harness/index.js';
+import { TestStack, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import { expectSame } from '../fixtures/reliability.js';
 import type { pb } from '../../packages/shared/src/index.js';
@@ -16,24 +16,16 @@ let a: PgCluster;
 let b: PgCluster;
 
 beforeAll(async () => {
-  stack = await TestStack.start({ agentEnv: { SYNCFLOW_DB_POOL_MAX: String(POOL_MAX), SYNCFLOW_AGENT_CONCURRENCY: '8' } });
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
+  ({ stack, api, a, b } = await startRegions({ agentEnv: { SYNCFLOW_DB_POOL_MAX: String(POOL_MAX), SYNCFLOW_AGENT_CONCURRENCY: '8' } }));
   const ddl = Array.from({ length: 50 }, (_, i) => `CREATE TABLE t${i} (id int PRIMARY KEY, v text NOT NULL);`).join('\n');
   const data = Array.from({ length: 50 }, (_, i) => `INSERT INTO t${i} SELECT g, md5(g::text) FROM generate_series(1, ${2000 + i * 100}) g;`).join('\n');
-  await a.createDatabase('src');
-  await a.exec('src', ddl + data + 'ANALYZE;');
-  await b.createDatabase('dst');
-  await b.exec('dst', ddl);
-  await api.call('CreateConnection', { name: 'src', url: a.url('src'), group: 'a' });
-  await api.call('CreateConnection', { name: 'dst', url: b.url('dst'), group: 'b' });
+  await a.createDatabase('src', ddl + data + 'ANALYZE;');
+  await b.createDatabase('dst', ddl);
+  await api.connection('src', a, 'src', 'a');
+  await api.connection('dst', b, 'dst', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 async function peak(cluster: PgCluster, db: string, seen: { pool: number; snapshot: number }): Promise<void> {
   const [r] = await cluster.sql()<{ pool: number; snapshot: number }[]>`

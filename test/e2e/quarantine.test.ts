@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, type PgCluster } from '../harness/index.js';
+import { TestStack, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -23,12 +23,8 @@ const bad = [...nullName, ...longCode, ...negative, ...noOwner].sort((x, y) => x
 
 beforeAll(async () => {
   expect(new Set(bad).size).toBe(37);
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('app');
-  await a.exec('app', `
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('app', `
     CREATE TABLE owners (id int PRIMARY KEY);
     INSERT INTO owners SELECT generate_series(1, 1000);
     CREATE TABLE accounts (id int PRIMARY KEY, name text, code text, amount int, owner_id int);
@@ -37,22 +33,18 @@ beforeAll(async () => {
     UPDATE accounts SET code = 'much too long for varchar(8)' WHERE id = ANY('{${longCode}}');
     UPDATE accounts SET amount = -5 WHERE id = ANY('{${negative}}');
     UPDATE accounts SET owner_id = 5000 + id WHERE id = ANY('{${noOwner}}');`);
-  await b.createDatabase('app');
-  await b.exec('app', `
+  await b.createDatabase('app', `
     CREATE TABLE owners (id int PRIMARY KEY);
     INSERT INTO owners SELECT generate_series(1, 1000);
     CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL, code varchar(8), amount int CHECK (amount >= 0),
                            owner_id int REFERENCES owners(id));
     -- a few rows already there: the upsert path is bisected too
     INSERT INTO accounts SELECT g, 'old', 'old', 0, 1 FROM generate_series(1, 5000) g;`);
-  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
-  await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
+  await api.connection('src', a, 'app', 'a');
+  await api.connection('dst', b, 'app', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 describe('quarantine', () => {
   it('the plan warns about the stricter target, with a precise report', async () => {

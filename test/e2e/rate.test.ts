@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -11,23 +11,15 @@ let b: PgCluster;
 const ROWS = 24_000;
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('m');
-  await a.exec('m', `CREATE TABLE readings (id int PRIMARY KEY, v text);
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('m', `CREATE TABLE readings (id int PRIMARY KEY, v text);
     INSERT INTO readings SELECT g, md5(g::text) FROM generate_series(1, ${ROWS}) g;`);
-  await b.createDatabase('m');
-  await b.exec('m', 'CREATE TABLE readings (id int PRIMARY KEY, v text);');
-  await api.call('CreateConnection', { name: 'a', url: a.url('m'), group: 'a' });
-  await api.call('CreateConnection', { name: 'b', url: b.url('m'), group: 'b' });
+  await b.createDatabase('m', 'CREATE TABLE readings (id int PRIMARY KEY, v text);');
+  await api.connection('a', a, 'm', 'a');
+  await api.connection('b', b, 'm', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 const elapsedRate = (job: pb.Job__Output) => {
   const t = job.tasks[0]!;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, sequenceValues, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, sequenceValues, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -45,34 +45,26 @@ async function snapshotOf(db: string) {
 }
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('app');
-  await a.exec('app', SCHEMA + SOURCE);
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('app', SCHEMA + SOURCE);
   for (const db of ['app', 'faulty']) {
     await b.createDatabase(db);
     await b.exec(db, SCHEMA + TARGET);
   }
-  await b.createDatabase('empty');
-  await b.exec('empty', SCHEMA);
+  await b.createDatabase('empty', SCHEMA);
   // A real fault, on the target only: the child row with id 2920 (in the 5th of 10 batches) is refused
   // with a non-data error (P0001), so the batch is neither quarantined nor retried: the job fails.
   await b.exec('faulty', `
     CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN IF NEW.id = 2920 THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$;
     CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON child FOR EACH ROW EXECUTE FUNCTION boom();`);
-  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
-  await api.call('CreateConnection', { name: 'dst', url: b.url('app'), group: 'b' });
-  await api.call('CreateConnection', { name: 'faulty', url: b.url('faulty'), group: 'b' });
-  await api.call('CreateConnection', { name: 'empty', url: b.url('empty'), group: 'b' });
+  await api.connection('src', a, 'app', 'a');
+  await api.connection('dst', b, 'app', 'b');
+  await api.connection('faulty', b, 'faulty', 'b');
+  await api.connection('empty', b, 'empty', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 describe('rollback', () => {
   it('a job failing at batch 5 of 10 with on_failure rollback leaves the target exactly as before', async () => {

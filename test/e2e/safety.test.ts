@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -21,33 +21,24 @@ const SOURCE = `
   INSERT INTO orders SELECT g, 1 + g % 2000, 'order ' || g, g % 500 FROM generate_series(1, 8000) g;`;
 
 beforeAll(async () => {
-  stack = await TestStack.start();
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('app');
-  await a.exec('app', SOURCE);
+  ({ stack, api, a, b } = await startRegions());
+  await a.createDatabase('app', SOURCE);
   // a target with a missing column (email), a narrower type (balance) and a missing table (orders)
-  await b.createDatabase('partial');
-  await b.exec('partial', 'CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, balance numeric(8,2), created timestamptz);');
+  await b.createDatabase('partial', 'CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, balance numeric(8,2), created timestamptz);');
   // a target with the same schema and different rows, for dry run
-  await b.createDatabase('dst');
-  await b.exec('dst', SOURCE + `
+  await b.createDatabase('dst', SOURCE + `
     UPDATE customers SET name = 'renamed' WHERE id % 7 = 0;
     DELETE FROM orders WHERE id > 7000;
     DELETE FROM orders WHERE customer_id > 1900;
     DELETE FROM customers WHERE id > 1900;
     INSERT INTO customers VALUES (5001, 'target only', NULL, 0, NULL), (5002, 'target only', NULL, 0, NULL);
     UPDATE orders SET total = 1 WHERE id % 100 = 0 AND id <= 7000;`);
-  await api.call('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' });
-  await api.call('CreateConnection', { name: 'partial', url: b.url('partial'), group: 'b' });
+  await api.connection('src', a, 'app', 'a');
+  await api.connection('partial', b, 'partial', 'b');
   await api.call('CreateConnection', { name: 'dst', url: b.url('dst'), group: 'b', protected: true });
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 async function syncflowSchema(db: string): Promise<boolean> {
   const [r] = await b.sql(db)<{ e: boolean }[]>`SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'syncflow') AS e`;
@@ -145,8 +136,8 @@ describe('verify', () => {
     await b.createDatabase('big');
     await Promise.all([a.exec('big', load), b.exec('big', load)]);
     await b.exec('big', 'UPDATE big SET v = -1 WHERE id = 777777');
-    await api.call('CreateConnection', { name: 'big-a', url: a.url('big'), group: 'a' });
-    await api.call('CreateConnection', { name: 'big-b', url: b.url('big'), group: 'b' });
+    await api.connection('big-a', a, 'big', 'a');
+    await api.connection('big-b', b, 'big', 'b');
     const t0 = Date.now();
     const r = await stack.cli(['verify', '--from', 'big-a', '--to', 'big-b', '--json']);
     const ms = Date.now() - t0;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -16,27 +16,19 @@ const SCHEMA = `
   CREATE TABLE clicks (at timestamptz, url text);`;
 
 beforeAll(async () => {
-  stack = await TestStack.start({ agentEnv: { SYNCFLOW_AGENT_CONCURRENCY: '3' } });
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
-  await a.createDatabase('shop');
-  await a.exec('shop', SCHEMA + `
+  ({ stack, api, a, b } = await startRegions({ agentEnv: { SYNCFLOW_AGENT_CONCURRENCY: '3' } }));
+  await a.createDatabase('shop', SCHEMA + `
     INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 30000) g;
     INSERT INTO orders SELECT (ARRAY['eu','us','ap'])[1 + g % 3], g, 1 + g % 30000, CASE WHEN g % 7 = 0 THEN NULL ELSE 'n' || g END FROM generate_series(1, 60000) g;
     INSERT INTO clicks SELECT timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', '/p/' || (g % 500) FROM generate_series(1, 40000) g;
     INSERT INTO clicks SELECT * FROM clicks WHERE url = '/p/7';
     ANALYZE;`);
-  await b.createDatabase('shop');
-  await b.exec('shop', SCHEMA);
-  await api.call('CreateConnection', { name: 'a', url: a.url('shop'), group: 'a' });
-  await api.call('CreateConnection', { name: 'b', url: b.url('shop'), group: 'b' });
+  await b.createDatabase('shop', SCHEMA);
+  await api.connection('a', a, 'shop', 'a');
+  await api.connection('b', b, 'shop', 'b');
 });
 
-afterAll(async () => {
-  api?.close();
-  await stack?.stop();
-});
+afterAll(() => stopRegions({ stack, api }));
 
 async function sync(mode: string): Promise<pb.Job__Output> {
   const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', mode, split_rows: 10_000, batch_bytes: 64 * 1024 });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, sequenceValues, waitFor, type PgCluster } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, sequenceValues, waitFor, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import { OtlpReceiver } from '../harness/otlp.js';
 import { loadChinook, schemaOnly, chinookTables } from '../fixtures/chinook.js';
@@ -15,10 +15,7 @@ let b: PgCluster;
 
 beforeAll(async () => {
   otlp = await OtlpReceiver.start();
-  stack = await TestStack.start({ env: { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint } });
-  api = new Api(stack.coordinatorAddress);
-  a = stack.region('a');
-  b = stack.region('b');
+  ({ stack, api, a, b } = await startRegions({ env: { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint } }));
 });
 
 afterAll(async () => {
@@ -73,8 +70,8 @@ describe('a schema built to be hard', () => {
   beforeAll(async () => {
     await loadTricky(a, 'tricky');
     await loadTricky(b, 'tricky', { data: false });
-    await api.call('CreateConnection', { name: 'tricky-a', url: a.url('tricky'), group: 'a' });
-    await api.call('CreateConnection', { name: 'tricky-b', url: b.url('tricky'), group: 'b' });
+    await api.connection('tricky-a', a, 'tricky', 'a');
+    await api.connection('tricky-b', b, 'tricky', 'b');
   });
 
   const sync = async (mode: 'SYNC_MODE_UPSERT' | 'SYNC_MODE_MIRROR') => {

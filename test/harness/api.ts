@@ -6,6 +6,10 @@ export class Api {
   constructor(address: string) {
     this.client = new (loadProtos().proto.syncflow.v1.SyncService)(address, grpc.credentials.createInsecure());
   }
+  /** CreateConnection for database `db` of `cluster`, served by agent group `group`. */
+  async connection(name: string, cluster: { url(db: string): string }, db: string, group: string): Promise<void> {
+    await this.call('CreateConnection', { name, url: cluster.url(db), group });
+  }
   call<Res = unknown>(method: string, req: object): Promise<Res> {
     return call<object, Res>(this.client, method, req, { deadlineMs: 120_000 });
   }

@@ -5,5 +5,6 @@ export * from './pgbin.js';
 export * from './ports.js';
 export * from './postgres.js';
 export * from './processes.js';
+export * from './regions.js';
 export * from './stack.js';
 export * from './wait.js';

@@ -177,8 +177,10 @@ export class PgCluster {
     return client;
   }
 
-  async createDatabase(name: string): Promise<void> {
+  /** Creates a database and, when given, runs an SQL script in it. */
+  async createDatabase(name: string, script?: string): Promise<void> {
     await this.sql().unsafe(`CREATE DATABASE ${quoteIdent(name)}`);
+    if (script) await this.exec(name, script);
   }
 
   /** Runs an SQL script with psql (ON_ERROR_STOP); returns psql's stdout. */
