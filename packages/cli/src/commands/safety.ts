@@ -49,7 +49,8 @@ export function registerSafety(program: Command): void {
       const g = c.optsWithGlobals<Globals>();
       const r = await withClient(g, (client) => client.unary('GetJobReport', { id: checkId(id) }, 30 * 60_000));
       if (g.json) return printJson(r);
-      println(`job ${r.job_id} ${r.state}${r.rolled_back_at ? `, rolled back at ${r.rolled_back_at}` : ''}`);
+      println(`job ${r.job_id} ${r.state}${r.rolled_back_at ? `, rolled back at ${r.rolled_back_at}` : ''} (report made ${r.created_at || '-'})`);
+      if (r.rolled_back_at && (r.tables ?? []).some((t) => !t.verification.startsWith('not verified'))) println('the verification below is as of the job\'s end, before the rollback');
       printTable(
         [{ header: 'TABLE' }, { header: 'READ', align: 'right' }, { header: 'INSERTED', align: 'right' }, { header: 'UPDATED', align: 'right' },
           { header: 'DELETED', align: 'right' }, { header: 'QUARANTINED', align: 'right' }, { header: 'BYTES', align: 'right' },
