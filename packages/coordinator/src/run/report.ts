@@ -79,7 +79,7 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
     else if (Date.now() >= deadline) verification = `not verified: the report's ${VERIFY_BUDGET_MS / 60_000} min for verification ran out (syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
     else {
       try {
-        const r = await withDeadline(compareTable(d.agents, side(from), side(to), compareSpec(t, 5)), deadline - Date.now());
+        const r = await compareTable(d.agents, side(from), side(to), compareSpec(t, 5), { deadline });
         verification = describe(r, job.mode, quarantined);
       } catch (e) {
         verification = `not verified: ${scrubSecrets(toSyncflowError(e).message)}`;
@@ -124,20 +124,6 @@ function span(parts: readonly TaskRow[]): number {
   const ended = parts.filter((p) => p.started_at).map((p) => (p.finished_at ? Date.parse(p.finished_at) : NaN));
   if (!ended.every(Number.isFinite)) return 0;
   return Math.max(0, Math.max(...ended) - Math.min(...started));
-}
-
-async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`verification did not finish in the report's ${Math.round(VERIFY_BUDGET_MS / 60_000)} min`)), Math.max(0, ms));
-    timer.unref();
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-    p.catch(() => undefined); // a comparison left behind still ends (its calls have deadlines); its error is not news
-  }
 }
 
 export const side = (c: { name: string; sealed_url: string; agent_group: string }, snapshotId?: string) =>

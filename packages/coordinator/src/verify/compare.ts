@@ -1,4 +1,4 @@
-import type { pb } from '@syncflow/shared';
+import { SyncflowError, ErrorKind, displayName, type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 
 /**
@@ -30,11 +30,32 @@ const ROW_LIMIT = 4000;
 const SPLITS = 64;
 const DEADLINE_MS = 30 * 60_000;
 
-export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec: CompareSpec): Promise<CompareResult> {
+/**
+ * `deadline` (epoch ms) bounds the whole comparison: each call gets what is left as its gRPC
+ * deadline (at most DEADLINE_MS) and is given up, with the agent lookup before it, a second after
+ * that, so a call that never answers ends the comparison with an error instead of holding its caller.
+ */
+export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec: CompareSpec, opts: { deadline?: number } = {}): Promise<CompareResult> {
   const base = { schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
-  const call = (side: Side, extra: Partial<pb.HashRangesRequest>) => agents.call<pb.HashRangesReply__Output>(side.group, 'HashRanges', {
-    ...base, ...extra, connection: side.connection, snapshot_id: side.snapshotId ?? '',
-  }, DEADLINE_MS);
+  const started = Date.now();
+  const call = async (side: Side, extra: Partial<pb.HashRangesRequest>) => {
+    // Without a deadline, each call may take DEADLINE_MS (a range of a huge table), as before.
+    const left = Math.min(DEADLINE_MS, (opts.deadline ?? Infinity) - Date.now());
+    const late = () => new SyncflowError(ErrorKind.Unavailable,
+      `comparing ${displayName(spec.schema, spec.table)}: no answer from the agents of group "${side.group}" in time (after ${Math.round((Date.now() - started) / 1000)} s)`,
+      { code: 'deadline_exceeded', retryable: true });
+    if (left <= 0) throw late();
+    let timer: NodeJS.Timeout | undefined;
+    const reply = agents.call<pb.HashRangesReply__Output>(side.group, 'HashRanges', {
+      ...base, ...extra, connection: side.connection, snapshot_id: side.snapshotId ?? '',
+    }, left);
+    reply.catch(() => undefined);
+    try {
+      return await Promise.race([reply, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(late()), left + 1_000); timer.unref(); })]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   const out: CompareResult = { sourceRows: 0, targetRows: 0, onlySource: 0, onlyTarget: 0, different: 0, newOnTarget: 0, keys: { onlySource: [], onlyTarget: [], different: [] } };
 
   if (spec.key.length === 0) {
@@ -87,19 +108,38 @@ export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec
       out.sourceRows = sr.reduce((n, r) => n + Number(r.rows), 0);
       out.targetRows = tr.reduce((n, r) => n + Number(r.rows), 0);
     }
+    // Neighbouring small ranges that differ are compared key by key in one call per side (up to
+    // ROW_LIMIT rows, equal ranges between them included): with differences spread over a table,
+    // one call per range would make hundreds of calls where a few do.
+    let span: { lo: pb.Key | null; hi: pb.Key | null; rows: number } | null = null;
+    let between = 0; // rows of equal ranges after the span's last differing range
+    const flush = async () => {
+      if (span) await rows(span.lo, span.hi);
+      span = null;
+      between = 0;
+    };
     let lo = lower;
     for (let i = 0; i < sr.length; i++) {
       const s = sr[i]!, t = tr[i]!;
       const hi = s.upper ?? null;
       const ns = Number(s.rows), nt = Number(t.rows);
-      if (ns === nt && s.hash === t.hash) { lo = hi; continue; }
+      if (ns === nt && s.hash === t.hash) {
+        if (span && span.rows + between + ns + nt <= ROW_LIMIT) between += ns + nt;
+        else await flush();
+        lo = hi;
+        continue;
+      }
       const wantKeys = spec.maxKeys > 0 && onlyS.size + onlyT.size + diffKeys.length < spec.maxKeys * 3;
-      if (nt === 0 && !wantKeys) countedS += ns;
-      else if (ns === 0 && !wantKeys) countedT += nt;
-      else if (ns + nt <= ROW_LIMIT || sr.length === 1 || depth > 12) await rows(lo, hi);
-      else await walk(lo, hi, ns >= nt ? 'source' : 'target', depth + 1, false);
+      if (nt === 0 && !wantKeys) { await flush(); countedS += ns; }
+      else if (ns === 0 && !wantKeys) { await flush(); countedT += nt; }
+      else if (ns + nt <= ROW_LIMIT) {
+        if (span && span.rows + between + ns + nt <= ROW_LIMIT) { span.hi = hi; span.rows += between + ns + nt; between = 0; }
+        else { await flush(); span = { lo, hi, rows: ns + nt }; }
+      } else if (sr.length === 1 || depth > 12) { await flush(); await rows(lo, hi); }
+      else { await flush(); await walk(lo, hi, ns >= nt ? 'source' : 'target', depth + 1, false); }
       lo = hi;
     }
+    await flush();
   };
   await walk(null, null, 'source', 0, true);
 
