@@ -10,7 +10,7 @@ import type { AgentLink } from '../../packages/coordinator/src/agents.js';
  */
 type Rows = Map<number, string>;
 
-function fakeAgents(data: Record<string, Rows>, calls: { n: number }, hang = new Set<string>()): AgentLink {
+function fakeAgents(data: Record<string, Rows>, calls: { n: number }, hang = new Set<string>(), hangOnce = new Set<string>()): AgentLink {
   return {
     async call(group: string, method: string, req: {
       lower?: { values: string[] } | null; upper?: { values: string[] } | null; splits?: number; bounds?: { values: string[] }[]; rows?: boolean;
@@ -18,6 +18,7 @@ function fakeAgents(data: Record<string, Rows>, calls: { n: number }, hang = new
       expect(method).toBe('HashRanges');
       calls.n++;
       if (hang.has(group)) return new Promise(() => undefined);
+      if (req.rows && hangOnce.delete(group)) return new Promise(() => undefined); // this answer is lost
       const keys = [...data[group]!.keys()].sort((a, b) => a - b);
       const lo = req.lower?.values.length ? Number(req.lower.values[0]) : null;
       const hi = req.upper?.values.length ? Number(req.upper.values[0]) : null;
@@ -71,6 +72,14 @@ describe('compareTable', () => {
     const r = await compareTable(fakeAgents({ a, b }, { n: 0 }), side('a'), side('b'), spec(5));
     expect(r.keys).toEqual({ onlySource: [], onlyTarget: [], different: ['(123457)'] });
     expect(r.different).toBe(1);
+  });
+
+  it('tries a call over a range of known size again when its answer does not come', async () => {
+    const a: Rows = new Map(), b: Rows = new Map();
+    for (let k = 1; k <= 1_000; k++) { a.set(k, `h${k}`); if (k !== 500) b.set(k, `h${k}`); }
+    const calls = { n: 0 };
+    const r = await compareTable(fakeAgents({ a, b }, calls, new Set(), new Set(['b'])), side('a'), side('b'), spec(), { callBaseMs: 200 });
+    expect(r.onlySource).toBe(1);
   });
 
   it('ends with an error naming the group when an agent never answers before the deadline', async () => {
