@@ -1,6 +1,7 @@
 import { isTerminalJob, toSyncflowError, scrubSecrets, displayName, type pb } from '@syncflow/shared';
 import type { RunnerDeps } from './advance.js';
 import type { JobRow, TaskRow } from '../store/jobs.js';
+import type { ConnectionRow } from '../store/connections.js';
 import { SafetyStore } from '../store/safety.js';
 import { compareTable, type CompareResult } from '../verify/compare.js';
 
@@ -57,13 +58,22 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
   const safety = new SafetyStore(d.jobs.sql);
   const tasks = await d.jobs.tasks(job.id);
   const rolled = await safety.rolledBack(job.id);
-  const [from, to] = await Promise.all([d.connections.get(job.from_conn), d.connections.get(job.to_conn)]);
-  let counts: pb.TableCount__Output[] = [];
-  let rejectsUnknown = '';
+  let conns: [ConnectionRow, ConnectionRow] | null = null;
+  let unreachable = '';
   try {
-    counts = (await d.agents.call<pb.RejectList__Output>(to.agent_group, 'ListRejects', { job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, limit: 1 })).counts;
+    conns = await Promise.all([d.connections.get(job.from_conn), d.connections.get(job.to_conn)]);
   } catch (e) {
-    rejectsUnknown = scrubSecrets(toSyncflowError(e).message);
+    unreachable = scrubSecrets(toSyncflowError(e).message); // e.g. a connection removed since
+  }
+  let counts: pb.TableCount__Output[] = [];
+  let rejectsUnknown = unreachable;
+  if (conns) {
+    const to = conns[1];
+    try {
+      counts = (await d.agents.call<pb.RejectList__Output>(to.agent_group, 'ListRejects', { job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, limit: 1 })).counts;
+    } catch (e) {
+      rejectsUnknown = scrubSecrets(toSyncflowError(e).message);
+    }
   }
   const deadline = Date.now() + VERIFY_BUDGET_MS;
   const tables: pb.TableReport[] = [];
@@ -76,16 +86,17 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
     else if (rolled.at) verification = 'not verified: the job was rolled back';
     else if (job.state === 'failed' || job.state === 'cancelled') verification = `not verified: the job ${job.state}`;
     else if (notDone.length) verification = `not verified: the table was not synced (${notDone.length === parts.length ? notDone[0]!.state : `${notDone.length} of ${parts.length} parts ${notDone[0]!.state}`})`;
+    else if (!conns) verification = `not verified: ${unreachable}`;
     else if (Date.now() >= deadline) verification = `not verified: the report's ${VERIFY_BUDGET_MS / 60_000} min for verification ran out (syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
     else {
       try {
-        const r = await compareTable(d.agents, side(from), side(to), compareSpec(t, 5), { deadline });
+        const r = await compareTable(d.agents, side(conns[0]), side(conns[1]), compareSpec(t, 5), { deadline });
         verification = describe(r, job.mode, quarantined);
       } catch (e) {
         verification = `not verified: ${scrubSecrets(toSyncflowError(e).message)}`;
       }
     }
-    if (rejectsUnknown) verification += `; quarantined rows unknown: ${rejectsUnknown}`;
+    if (rejectsUnknown && conns) verification += `; quarantined rows unknown: ${rejectsUnknown}`;
     tables.push({
       schema: t.schema_name, table: t.table_name,
       rows_read: sum(parts, 'rows'), inserted: sum(parts, 'inserted'), updated: sum(parts, 'updated'),
