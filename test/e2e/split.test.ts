@@ -119,5 +119,13 @@ describe('big tables in parts', () => {
     expect(at).toBe(marked.rolled_back_at);
     const text = await stack.cli(['job', 'report', job.id]);
     expect(text.stdout).toMatch(/rolled back at .*\n.*as of the job's end, before the rollback/);
+    // The summary of `sync start --wait`: one line per table too, with its number of parts.
+    const cli = await stack.cli(['sync', 'start', '--from', 'a', '--to', 'b', '--mode', 'mirror', '--split-rows', '10000', '--batch-bytes', '64KiB', '--wait']);
+    expect(cli.code, cli.stderr + cli.stdout.slice(-3000)).toBe(0);
+    expect(cli.stdout).toMatch(/TABLE +PARTS +STATE/);
+    for (const name of ['orders', 'customers', 'clicks']) {
+      const lines = cli.stdout.split('\n').filter((l) => new RegExp(`^(public\\.)?${name} +\\d+ +done `).test(l));
+      expect(lines.length, cli.stdout).toBe(1);
+    }
   });
 });
