@@ -41,7 +41,8 @@ export function splitRows(data: Buffer): Buffer[] {
  * a foreign key or unique violation. The rows it points at are set apart and the rest is tried at
  * once (peeled); parts whose error names no row, or after a few peels of one part, are cut in
  * parts (eighths above 512 rows, else halves). A hint only picks what to try: a row is quarantined
- * only when applying it alone fails, with that error as its reason.
+ * only when applying it alone fails, with that error as its reason — except a row whose value the
+ * COPY into the stage refused on its line, which is bad by itself, for that reason.
  */
 export async function applyBisecting(
   tx: Sql, q: QuarantineTarget, data: Buffer,
