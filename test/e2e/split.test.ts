@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestStack, databaseHashes, diffHashes, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
+import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
 
@@ -37,6 +37,23 @@ async function sync(mode: string): Promise<pb.Job__Output> {
   return done;
 }
 
+/** `job report`: one line per table, its parts' counts summed, every table verified as a whole. */
+async function expectOneLinePerTable(job: pb.Job__Output): Promise<pb.JobReport__Output> {
+  const r = await stack.cli(['job', 'report', job.id, '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  const rep = JSON.parse(r.stdout) as pb.JobReport__Output;
+  const tables = [...new Set(job.tasks.map((t) => t.table))].sort();
+  expect(rep.tables.map((t) => t.table).sort()).toEqual(tables);
+  for (const t of rep.tables) {
+    const parts = job.tasks.filter((x) => x.table === t.table);
+    expect(t.rows_read, t.table).toBe(String(parts.reduce((s, x) => s + Number(x.rows), 0)));
+    expect(t.bytes, t.table).toBe(String(parts.reduce((s, x) => s + Number(x.bytes), 0)));
+    expect(t.verification, t.table).toMatch(/^match: /);
+    expect(Number(t.duration_ms), t.table).toBeGreaterThan(0);
+  }
+  return rep;
+}
+
 describe('big tables in parts', () => {
   it('plans key ranges and block ranges and loads them into equal tables', async () => {
     const plan = await api.call<pb.Plan__Output>('PlanSync', { from: 'a', to: 'b', split_rows: 10_000 });
@@ -49,6 +66,24 @@ describe('big tables in parts', () => {
     expect(byTable('orders').length).toBe(parts.orders);
     expect(byTable('orders').reduce((s, t) => s + Number(t.rows), 0)).toBe(60000);
     expect(diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')))).toEqual([]);
+
+    // The report is made when the job ends and kept in the control DB, without anyone asking for it.
+    let kept: pb.JobReport__Output | undefined;
+    await waitFor(async () => {
+      kept = (await a.sql('control')<{ report: pb.JobReport__Output }[]>`SELECT report FROM job_reports WHERE job_id = ${job.id}`)[0]?.report;
+      return kept !== undefined;
+    }, { timeoutMs: 120_000, what: 'the job report kept at the job end' });
+    const rep = await expectOneLinePerTable(job);
+    expect(kept!.tables.map((t) => t.table).sort()).toEqual(rep.tables.map((t) => t.table).sort());
+    const orders = rep.tables.find((t) => t.table === 'orders')!;
+    expect({ read: orders.rows_read, inserted: orders.inserted, updated: orders.updated }).toEqual({ read: '60000', inserted: '60000', updated: '0' });
+    expect(orders.verification).toBe('match: 60000 rows');
+    expect(rep.tables.find((t) => t.table === 'customers')!.verification).toBe('match: 30000 rows');
+    expect(rep.tables.find((t) => t.table === 'clicks')!).toMatchObject({ rows_read: '40080', verification: 'match: 40080 rows' });
+    // one line per table in the text form too
+    const text = await stack.cli(['job', 'report', job.id]);
+    expect(text.code, text.stderr).toBe(0);
+    for (const name of ['orders', 'customers', 'clicks']) expect(text.stdout.split('\n').filter((l) => new RegExp(`^(public\\.)?${name} `).test(l)).length, text.stdout).toBe(1);
   });
 
   it('mirrors changes across range edges: deletes at the ends of every range, updates and inserts', async () => {
@@ -61,5 +96,28 @@ describe('big tables in parts', () => {
     const job = await sync('SYNC_MODE_MIRROR');
     expect(job.tasks.filter((t) => t.table === 'orders').length).toBeGreaterThanOrEqual(4);
     expect(diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')))).toEqual([]);
+    const rep = await expectOneLinePerTable(job);
+    const [{ n }] = await a.sql('shop')<{ n: string }[]>`SELECT count(*)::text AS n FROM orders`;
+    expect(rep.tables.find((t) => t.table === 'orders')!.verification).toBe(`match: ${n} rows`);
+
+    // A rollback after the report marks it; the counts stay what the job did.
+    const rb = await stack.cli(['job', 'rollback', job.id]);
+    expect(rb.code, rb.stderr).toBe(0);
+    const after = await stack.cli(['job', 'report', job.id, '--json']);
+    const marked = JSON.parse(after.stdout) as pb.JobReport__Output;
+    expect(marked.rolled_back_at).not.toBe('');
+    expect(marked.tables).toEqual(rep.tables);
+    const [{ at }] = await a.sql('control')<{ at: string }[]>`SELECT report->>'rolled_back_at' AS at FROM job_reports WHERE job_id = ${job.id}`;
+    expect(at).toBe(marked.rolled_back_at);
+    const text = await stack.cli(['job', 'report', job.id]);
+    expect(text.stdout).toMatch(/rolled back at .*\n.*as of the job's end, before the rollback/);
+    // The summary of `sync start --wait`: one line per table too, with its number of parts.
+    const cli = await stack.cli(['sync', 'start', '--from', 'a', '--to', 'b', '--mode', 'mirror', '--split-rows', '10000', '--batch-bytes', '64KiB', '--wait']);
+    expect(cli.code, cli.stderr + cli.stdout.slice(-3000)).toBe(0);
+    expect(cli.stdout).toMatch(/TABLE +PARTS +STATE/);
+    for (const name of ['orders', 'customers', 'clicks']) {
+      const lines = cli.stdout.split('\n').filter((l) => new RegExp(`^(public\\.)?${name} +\\d+ +done `).test(l));
+      expect(lines.length, cli.stdout).toBe(1);
+    }
   });
 });

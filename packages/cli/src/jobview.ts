@@ -60,22 +60,63 @@ export function printTasksDetailed(job: pb.Job__Output): void {
   printTaskErrors(tasks);
 }
 
-/** Compact per-task summary printed when a watched job ends. */
+/**
+ * Compact summary printed when a watched job ends: one line per table. A big table split into
+ * key-range tasks is one line too: its parts' rows and bytes summed, its time from the first
+ * part's start to the last part's end, and its state the worst of its parts' (`job show` lists the parts).
+ */
 export function printSummary(job: pb.Job__Output): void {
-  const tasks = sortedTasks(job);
-  if (tasks.length) {
-    const split = hasSplitTables(tasks);
+  const tables = tablesOf(job);
+  if (tables.length) {
+    const split = tables.some((t) => t.parts.length > 1);
     const cols: Column[] = [
-      { header: 'TABLE' }, ...(split ? [{ header: 'TASK' }] : []), { header: 'STATE' }, { header: 'METHOD' },
+      { header: 'TABLE' }, ...(split ? [{ header: 'PARTS', align: 'right' as const }] : []), { header: 'STATE' }, { header: 'METHOD' },
       { header: 'ROWS', align: 'right' }, { header: 'BYTES', align: 'right' }, { header: 'SECONDS', align: 'right' },
     ];
-    printTable(cols, tasks.map((t) => [
-      taskName(t), ...(split ? [t.id] : []), taskStateWord(t.state), methodWord(t.method), count(t.rows), humanBytes(t.bytes),
-      seconds(t.started_at, t.finished_at),
+    printTable(cols, tables.map((t) => [
+      t.name, ...(split ? [String(t.parts.length)] : []), tableState(t.parts), methodWord(t.parts[0]!.method),
+      count(sumOf(t.parts, 'rows')), humanBytes(sumOf(t.parts, 'bytes')), tableSeconds(t.parts),
     ]));
-    printTaskErrors(tasks);
+    printTaskErrors(sortedTasks(job));
   }
   println(totalsLine(job));
+}
+
+/** The job's tables in plan order, each with its tasks (several when the table was split into key ranges). */
+export function tablesOf(job: pb.Job__Output): { name: string; parts: pb.TaskInfo__Output[] }[] {
+  const out = new Map<string, pb.TaskInfo__Output[]>();
+  for (const t of sortedTasks(job)) {
+    const k = JSON.stringify([t.schema, t.table]);
+    const g = out.get(k);
+    if (g) g.push(t);
+    else out.set(k, [t]);
+  }
+  return [...out.values()].map((parts) => ({ name: taskName(parts[0]!), parts }));
+}
+
+// Worst first: what a table's line shows when its parts ended differently.
+const STATE_RANK = ['TASK_STATE_FAILED', 'TASK_STATE_BLOCKED', 'TASK_STATE_CANCELLED', 'TASK_STATE_RUNNING', 'TASK_STATE_QUEUED', 'TASK_STATE_PENDING', 'TASK_STATE_DONE'];
+
+function tableState(parts: pb.TaskInfo__Output[]): string {
+  const states = parts.map((p) => p.state);
+  if (states.every((s) => s === states[0])) return taskStateWord(states[0]);
+  const rank = (s: string) => { const i = STATE_RANK.indexOf(s); return i < 0 ? STATE_RANK.length : i; };
+  const worst = [...states].sort((a, b) => rank(a) - rank(b))[0]!;
+  return `${taskStateWord(worst)} (${states.filter((s) => s === worst).length} of ${parts.length} parts)`;
+}
+
+/** int64 strings summed without losing precision. */
+function sumOf(parts: pb.TaskInfo__Output[], f: 'rows' | 'bytes'): string {
+  return parts.reduce((n, p) => n + BigInt(p[f] || '0'), 0n).toString();
+}
+
+function tableSeconds(parts: pb.TaskInfo__Output[]): string {
+  const started = parts.filter((p) => p.started_at && Number.isFinite(Date.parse(p.started_at)));
+  if (!started.length) return '-';
+  const first = started.reduce((a, b) => (Date.parse(b.started_at) < Date.parse(a.started_at) ? b : a));
+  const open = started.some((p) => !p.finished_at);
+  const last = open ? undefined : started.reduce((a, b) => (Date.parse(b.finished_at) > Date.parse(a.finished_at) ? b : a));
+  return seconds(first.started_at, last?.finished_at);
 }
 
 export function totalsLine(job: pb.Job__Output): string {

@@ -1,4 +1,5 @@
 import { Kvm, type KV } from '@nats-io/kv';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import type { Names } from './subjects.js';
@@ -18,10 +19,11 @@ export type AgentInfo = z.infer<typeof agentInfo>;
 
 /** Agents registered in a JetStream KV bucket whose entries expire (TTL) unless heartbeats renew them. */
 export class AgentRegistry {
-  private constructor(private kv: KV) {}
+  private constructor(private kv: KV, private jsm: JetStreamManager, private bucket: string) {}
 
   static async open(nc: NatsConnection, n: Names, ttlMs = 15_000): Promise<AgentRegistry> {
-    return new AgentRegistry(await new Kvm(nc).create(n.agentsBucket, { ttl: ttlMs, history: 1 }));
+    const kv = await new Kvm(nc).create(n.agentsBucket, { ttl: ttlMs, history: 1 });
+    return new AgentRegistry(kv, await jetstreamManager(nc), n.agentsBucket);
   }
 
   async announce(info: AgentInfo): Promise<void> {
@@ -32,10 +34,18 @@ export class AgentRegistry {
     await this.kv.delete(`${group}.${id}`).catch(() => undefined);
   }
 
+  /**
+   * The live agents (of a group). The keys come from one stream-info request filtered by subject
+   * (`KV_<bucket>`, subjects `$KV.<bucket>.<key>`), not from kv.keys(): its push consumer can wait
+   * forever for a last message or an idle heartbeat that does not come — a coordinator call to an
+   * agent was seen stuck in it for minutes (a dry run that "hung"). Both requests time out.
+   */
   async list(group?: string): Promise<AgentInfo[]> {
     const out: AgentInfo[] = [];
-    const keys = await this.kv.keys(group ? `${group}.>` : '>');
-    for await (const k of keys) {
+    const prefix = `$KV.${this.bucket}.`;
+    const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}${group ? `${group}.>` : '>'}` });
+    const keys = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length)).sort();
+    for (const k of keys) {
       const e = await this.kv.get(k);
       if (!e || e.operation !== 'PUT' || e.length === 0) continue;
       const parsed = agentInfo.safeParse(e.json());

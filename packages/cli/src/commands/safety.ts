@@ -37,8 +37,13 @@ export function registerSafety(program: Command): void {
       const r = await withClient(g, (client) => client.unary('ListRejects', { id: checkId(id), limit: opts.limit }, SLOW_DEADLINE_MS));
       if (g.json) return printJson(r);
       if (!r.rejects?.length) return println('no rejected rows');
-      printTable([{ header: 'TABLE' }, { header: 'BATCH', align: 'right' }, { header: 'SQLSTATE' }, { header: 'REASON' }, ...(opts.rows ? [{ header: 'ROW' }] : [])],
-        r.rejects.map((x) => [displayName(x.schema, x.table), String(x.seq), x.sqlstate, oneLine(x.message), ...(opts.rows ? [oneLine(x.row)] : [])]));
+      // A table split into key ranges has a task per part, each numbering its batches from 1: then the part is shown too.
+      const parts = new Map<string, Set<string>>();
+      for (const x of r.rejects) parts.set(displayName(x.schema, x.table), (parts.get(displayName(x.schema, x.table)) ?? new Set()).add(x.task_id));
+      const split = [...parts.values()].some((p) => p.size > 1);
+      const part = (taskId: string) => taskId.slice(taskId.lastIndexOf('/') + 1) || taskId;
+      printTable([{ header: 'TABLE' }, ...(split ? [{ header: 'PART', align: 'right' as const }] : []), { header: 'BATCH', align: 'right' }, { header: 'SQLSTATE' }, { header: 'REASON' }, ...(opts.rows ? [{ header: 'ROW' }] : [])],
+        r.rejects.map((x) => [displayName(x.schema, x.table), ...(split ? [part(x.task_id)] : []), String(x.seq), x.sqlstate, oneLine(x.message), ...(opts.rows ? [oneLine(x.row)] : [])]));
       println(`${count(r.total)} rejected row(s): ${r.counts.map((x) => `${displayName(x.schema, x.table)} ${count(x.rows)}`).join(', ')}`);
     });
 
@@ -49,7 +54,8 @@ export function registerSafety(program: Command): void {
       const g = c.optsWithGlobals<Globals>();
       const r = await withClient(g, (client) => client.unary('GetJobReport', { id: checkId(id) }, 30 * 60_000));
       if (g.json) return printJson(r);
-      println(`job ${r.job_id} ${r.state}${r.rolled_back_at ? `, rolled back at ${r.rolled_back_at}` : ''}`);
+      println(`job ${r.job_id} ${r.state}${r.rolled_back_at ? `, rolled back at ${r.rolled_back_at}` : ''} (report made ${r.created_at || '-'})`);
+      if (r.rolled_back_at && (r.tables ?? []).some((t) => !t.verification.startsWith('not verified'))) println('the verification below is as of the job\'s end, before the rollback');
       printTable(
         [{ header: 'TABLE' }, { header: 'READ', align: 'right' }, { header: 'INSERTED', align: 'right' }, { header: 'UPDATED', align: 'right' },
           { header: 'DELETED', align: 'right' }, { header: 'QUARANTINED', align: 'right' }, { header: 'BYTES', align: 'right' },

@@ -10,6 +10,7 @@ import type { Metrics } from '../alerts/metrics.js';
 import type { Alerts } from '../alerts/webhook.js';
 import { blockedTasks, safeDeleteOrder } from './recovery.js';
 import { rollbackOnFailure } from './rollback.js';
+import { reportJobEnd } from './report.js';
 
 export interface RunnerDeps {
   jobs: JobStore;
@@ -132,7 +133,7 @@ export class JobRunner {
   #ended(jobId: string, state: string, tasks: TaskRow[]): void {
     this.d.metrics.inc('syncflow_jobs_total', { state });
     this.d.metrics.inc('syncflow_rows_total', {}, tasks.reduce((s, t) => s + Number(t.rows), 0));
-    void jobId;
+    reportJobEnd(this.d, jobId);
   }
 
   /** Fails a job: stops its open tasks, puts set-aside constraints back, releases the snapshot. */
@@ -148,6 +149,7 @@ export class JobRunner {
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
       this.d.metrics.inc('syncflow_jobs_total', { state: 'failed' });
       this.d.alerts.send({ kind: 'job_failed', job_id: job.id, message, at: new Date().toISOString() });
+      reportJobEnd(this.d, job.id); // in the background; a rollback right after marks it
       await rollbackOnFailure(this.d, { ...job, state: 'failed' });
     }
   }
@@ -160,6 +162,7 @@ export class JobRunner {
     await this.d.flags.set(jobId, 'cancelled');
     await this.d.jobs.log(jobId, null, 'warn', `job ${reason}`);
     this.d.metrics.inc('syncflow_jobs_total', { state: 'cancelled' });
+    reportJobEnd(this.d, jobId);
     await this.#restoreTarget(job);
     await this.#releaseSnapshot(job);
     return this.d.jobs.get(jobId);

@@ -10,19 +10,33 @@ export class SafetyStore {
     return r ?? { at: null, rollback: null };
   }
 
+  /** Marks the job rolled back, and its kept report (made before) with the same time. */
   async markRolledBack(jobId: string, result: pb.RollbackResult): Promise<void> {
-    await this.sql`UPDATE jobs SET rolled_back_at = now(), rollback = ${this.sql.json(result as never)} WHERE id = ${jobId}`;
-    // A report made before the rollback no longer describes the target.
-    await this.sql`DELETE FROM job_reports WHERE job_id = ${jobId}`;
+    await this.sql.begin(async (tx) => {
+      await tx`UPDATE jobs SET rolled_back_at = now(), rollback = ${tx.json(result as never)} WHERE id = ${jobId}`;
+      await tx`UPDATE job_reports r SET report = jsonb_set(r.report, '{rolled_back_at}', to_jsonb(j.rolled_back_at::text))
+               FROM jobs j WHERE j.id = r.job_id AND r.job_id = ${jobId}`;
+    });
   }
 
+  /**
+   * The kept report of the job's last end (none when the job runs again or ended again since it
+   * was made); rolled_back_at always from the job, so a rollback during the report's making shows.
+   */
   async report(jobId: string): Promise<pb.JobReport | null> {
-    const [r] = await this.sql<{ report: pb.JobReport }[]>`SELECT report FROM job_reports WHERE job_id = ${jobId}`;
-    return r?.report ?? null;
+    const [r] = await this.sql<{ report: pb.JobReport; rolled: string | null }[]>`
+      SELECT r.report, j.rolled_back_at::text AS rolled FROM job_reports r JOIN jobs j ON j.id = r.job_id
+      WHERE r.job_id = ${jobId} AND j.finished_at IS NOT NULL AND r.created_at >= j.finished_at`;
+    if (!r) return null;
+    return r.rolled ? { ...r.report, rolled_back_at: r.rolled } : r.report;
   }
 
-  async saveReport(jobId: string, report: pb.JobReport): Promise<void> {
-    await this.sql`INSERT INTO job_reports (job_id, report) VALUES (${jobId}, ${this.sql.json(report as never)})
-                   ON CONFLICT (job_id) DO UPDATE SET report = excluded.report, created_at = now()`;
+  /** Keeps a report of the job's end `finishedAt` (jobs.finished_at as text); not when the job has another end by now. */
+  async saveReport(jobId: string, report: pb.JobReport, finishedAt: string): Promise<boolean> {
+    const rows = await this.sql`
+      INSERT INTO job_reports (job_id, report)
+      SELECT id, ${this.sql.json(report as never)} FROM jobs WHERE id = ${jobId} AND finished_at = ${finishedAt}::timestamptz
+      ON CONFLICT (job_id) DO UPDATE SET report = excluded.report, created_at = now()`;
+    return rows.count > 0;
   }
 }

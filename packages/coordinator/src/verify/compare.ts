@@ -1,4 +1,4 @@
-import type { pb } from '@syncflow/shared';
+import { SyncflowError, ErrorKind, displayName, type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 
 /**
@@ -29,12 +29,48 @@ export interface CompareResult {
 const ROW_LIMIT = 4000;
 const SPLITS = 64;
 const DEADLINE_MS = 30 * 60_000;
+const CALL_BASE_MS = 60_000;
+const CALL_MS_PER_ROW = 0.1;
 
-export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec: CompareSpec): Promise<CompareResult> {
+/**
+ * `deadline` (epoch ms) bounds the whole comparison: each call gets what is left as its gRPC
+ * deadline (at most DEADLINE_MS) and is given up, with the agent lookup before it, a second after
+ * that, so a call that never answers ends the comparison with an error instead of holding its caller.
+ * A call over a range whose size both sides already reported is also given a time of its own
+ * (a minute plus 100 µs a row) and, all calls being read-only, tried once more when it passes.
+ */
+export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec: CompareSpec, opts: { deadline?: number; callBaseMs?: number } = {}): Promise<CompareResult> {
   const base = { schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
-  const call = (side: Side, extra: Partial<pb.HashRangesRequest>) => agents.call<pb.HashRangesReply__Output>(side.group, 'HashRanges', {
-    ...base, ...extra, connection: side.connection, snapshot_id: side.snapshotId ?? '',
-  }, DEADLINE_MS);
+  const started = Date.now();
+  const late = (side: Side) => new SyncflowError(ErrorKind.Unavailable,
+    `comparing ${displayName(spec.schema, spec.table)}: no answer from the agents of group "${side.group}" in time (after ${Math.round((Date.now() - started) / 1000)} s)`,
+    { code: 'deadline_exceeded', retryable: true });
+  const once = async (side: Side, extra: Partial<pb.HashRangesRequest>, capMs: number) => {
+    // Without a deadline, each call may take DEADLINE_MS (a range of a huge table), as before.
+    const left = Math.min(DEADLINE_MS, capMs, (opts.deadline ?? Infinity) - Date.now());
+    if (left <= 0) throw late(side);
+    let timer: NodeJS.Timeout | undefined;
+    const reply = agents.call<pb.HashRangesReply__Output>(side.group, 'HashRanges', {
+      ...base, ...extra, connection: side.connection, snapshot_id: side.snapshotId ?? '',
+    }, left + 1_000);
+    reply.catch(() => undefined);
+    try {
+      return await Promise.race([reply, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(late(side)), left); timer.unref(); })]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  /** `rows`: how many rows the call reads at most, when known. */
+  const call = async (side: Side, extra: Partial<pb.HashRangesRequest>, rows?: number) => {
+    if (rows === undefined) return once(side, extra, Infinity);
+    const cap = (opts.callBaseMs ?? CALL_BASE_MS) + rows * CALL_MS_PER_ROW;
+    try {
+      return await once(side, extra, cap);
+    } catch (e) {
+      if ((e as SyncflowError).code !== 'deadline_exceeded' || (opts.deadline ?? Infinity) <= Date.now()) throw e;
+      return once(side, extra, cap);
+    }
+  };
   const out: CompareResult = { sourceRows: 0, targetRows: 0, onlySource: 0, onlyTarget: 0, different: 0, newOnTarget: 0, keys: { onlySource: [], onlyTarget: [], different: [] } };
 
   if (spec.key.length === 0) {
@@ -62,8 +98,8 @@ export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec
   const diffKeys: string[] = [];
   let countedS = 0, countedT = 0;
 
-  const rows = async (lower: pb.Key | null, upper: pb.Key | null) => {
-    const [a, b] = await Promise.all([call(src, { rows: true, lower, upper }), call(dst, { rows: true, lower, upper })]);
+  const rows = async (lower: pb.Key | null, upper: pb.Key | null, count: number) => {
+    const [a, b] = await Promise.all([call(src, { rows: true, lower, upper }, count), call(dst, { rows: true, lower, upper }, count)]);
     const tm = new Map(b.rows.map((r) => [JSON.stringify(r.key?.values ?? []), r.hash]));
     for (const r of a.rows) {
       const k = JSON.stringify(r.key?.values ?? []);
@@ -77,29 +113,49 @@ export async function compareTable(agents: AgentLink, src: Side, dst: Side, spec
     for (const [k, h] of tm) onlyT.set(k, h);
   };
 
-  const walk = async (lower: pb.Key | null, upper: pb.Key | null, splitter: 'source' | 'target', depth: number, top: boolean): Promise<void> => {
+  /** `known`: the rows both sides reported for this range (undefined for the whole table). */
+  const walk = async (lower: pb.Key | null, upper: pb.Key | null, splitter: 'source' | 'target', depth: number, top: boolean, known?: number): Promise<void> => {
     const [first, second] = splitter === 'source' ? [src, dst] : [dst, src];
-    const a = await call(first, { lower, upper, splits: SPLITS });
+    const a = await call(first, { lower, upper, splits: SPLITS }, known);
     const bounds = a.ranges.slice(0, -1).map((r) => r.upper!).filter(Boolean);
-    const b = await call(second, { lower, upper, bounds });
+    const b = await call(second, { lower, upper, bounds }, known);
     const [sr, tr] = splitter === 'source' ? [a.ranges, b.ranges] : [b.ranges, a.ranges];
     if (top) {
       out.sourceRows = sr.reduce((n, r) => n + Number(r.rows), 0);
       out.targetRows = tr.reduce((n, r) => n + Number(r.rows), 0);
     }
+    // Neighbouring small ranges that differ are compared key by key in one call per side (up to
+    // ROW_LIMIT rows, equal ranges between them included): with differences spread over a table,
+    // one call per range would make hundreds of calls where a few do.
+    let span: { lo: pb.Key | null; hi: pb.Key | null; rows: number } | null = null;
+    let between = 0; // rows of equal ranges after the span's last differing range
+    const flush = async () => {
+      if (span) await rows(span.lo, span.hi, span.rows);
+      span = null;
+      between = 0;
+    };
     let lo = lower;
     for (let i = 0; i < sr.length; i++) {
       const s = sr[i]!, t = tr[i]!;
       const hi = s.upper ?? null;
       const ns = Number(s.rows), nt = Number(t.rows);
-      if (ns === nt && s.hash === t.hash) { lo = hi; continue; }
+      if (ns === nt && s.hash === t.hash) {
+        if (span && span.rows + between + ns + nt <= ROW_LIMIT) between += ns + nt;
+        else await flush();
+        lo = hi;
+        continue;
+      }
       const wantKeys = spec.maxKeys > 0 && onlyS.size + onlyT.size + diffKeys.length < spec.maxKeys * 3;
-      if (nt === 0 && !wantKeys) countedS += ns;
-      else if (ns === 0 && !wantKeys) countedT += nt;
-      else if (ns + nt <= ROW_LIMIT || sr.length === 1 || depth > 12) await rows(lo, hi);
-      else await walk(lo, hi, ns >= nt ? 'source' : 'target', depth + 1, false);
+      if (nt === 0 && !wantKeys) { await flush(); countedS += ns; }
+      else if (ns === 0 && !wantKeys) { await flush(); countedT += nt; }
+      else if (ns + nt <= ROW_LIMIT) {
+        if (span && span.rows + between + ns + nt <= ROW_LIMIT) { span.hi = hi; span.rows += between + ns + nt; between = 0; }
+        else { await flush(); span = { lo, hi, rows: ns + nt }; }
+      } else if (sr.length === 1 || depth > 12) { await flush(); await rows(lo, hi, ns + nt); }
+      else { await flush(); await walk(lo, hi, ns >= nt ? 'source' : 'target', depth + 1, false, Math.max(ns, nt)); }
       lo = hi;
     }
+    await flush();
   };
   await walk(null, null, 'source', 0, true);
 
