@@ -5,7 +5,8 @@ import { pgBin, run, type PgCluster } from '../harness/index.js';
  * (every value is a function of the row number, "random" bytes are md5 chains), so two runs at one
  * scale load the same rows. Six FK-linked tables (customers → addresses → orders → order_items /
  * payments, products → order_items), a jsonb/bytea-heavy table (product_media, ~2 KB of
- * incompressible bytes per row) and a table without a primary key (events).
+ * incompressible bytes per row), a table without a primary key (events) and 40 rows of 4 MB of
+ * incompressible bytes each (attachments, the same at every scale: 8 MB COPY text rows).
  *
  * Rows per table at scale 1 (4.7 M in all, ~0.9 GB with indexes); `--scale` multiplies every count.
  */
@@ -18,15 +19,19 @@ export const BASE_ROWS = {
   order_items: 2_200_000,
   payments: 500_000,
   events: 350_000,
+  attachments: 40,
 } as const;
+
+/** Tables whose row count does not follow --scale: 40 rows of 4 MB each at every scale (the agents' memory under huge rows). */
+const FIXED: Partial<Record<BenchTable, true>> = { attachments: true };
 
 export type BenchTable = keyof typeof BASE_ROWS;
 
 /** Tables in FK order (parents first): the order the psql pipe and the naive copy load them in. */
-export const FK_ORDER: BenchTable[] = ['customers', 'products', 'addresses', 'product_media', 'orders', 'order_items', 'payments', 'events'];
+export const FK_ORDER: BenchTable[] = ['customers', 'products', 'addresses', 'product_media', 'orders', 'order_items', 'payments', 'events', 'attachments'];
 
 /** FK levels: tables of one level do not reference each other (the psql pipe runs 2 at a time inside a level). */
-export const FK_LEVELS: BenchTable[][] = [['customers', 'products', 'events'], ['addresses', 'product_media'], ['orders'], ['order_items', 'payments']];
+export const FK_LEVELS: BenchTable[][] = [['customers', 'products', 'events', 'attachments'], ['addresses', 'product_media'], ['orders'], ['order_items', 'payments']];
 
 /** Primary-key columns per table (events has none). */
 export const KEYS: Record<BenchTable, string[]> = {
@@ -38,11 +43,12 @@ export const KEYS: Record<BenchTable, string[]> = {
   order_items: ['order_id', 'line_no'],
   payments: ['id'],
   events: [],
+  attachments: ['id'],
 };
 
 export function rowCounts(scale: number): Record<BenchTable, number> {
   const out = {} as Record<BenchTable, number>;
-  for (const [t, n] of Object.entries(BASE_ROWS)) out[t as BenchTable] = Math.max(10, Math.round(n * scale));
+  for (const [t, n] of Object.entries(BASE_ROWS)) out[t as BenchTable] = FIXED[t as BenchTable] ? n : Math.max(10, Math.round(n * scale));
   return out;
 }
 
@@ -79,6 +85,7 @@ CREATE INDEX payments_order_idx ON payments (order_id);
 CREATE TABLE events (
   occurred_at timestamptz NOT NULL, kind text NOT NULL, customer_id bigint, payload text NOT NULL);
 CREATE INDEX events_occurred_at_idx ON events (occurred_at);
+CREATE TABLE attachments (id int PRIMARY KEY, name text NOT NULL, data bytea NOT NULL);
 `;
 
 /**
@@ -128,6 +135,9 @@ INSERT INTO events
 SELECT timestamptz '2022-01-01 00:00:00+00' + (g / 3) * interval '1.000001 seconds', (ARRAY['view','cart','search','login'])[1 + g % 4],
        CASE WHEN g % 5 = 0 THEN NULL ELSE 1 + g % ${n.customers} END, 'session=' || md5(g::text) || ';page=' || g % 100
 FROM generate_series(1, ${n.events}::int8) g;
+INSERT INTO attachments
+SELECT a, 'attachment ' || a || '.bin', (SELECT decode(string_agg(md5(a || ':' || i), '' ORDER BY i), 'hex') FROM generate_series(1, 262144) i)
+FROM generate_series(1, ${n.attachments}) a;
 ANALYZE;
 `;
 }
