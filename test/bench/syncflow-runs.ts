@@ -62,6 +62,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
       seconds: t.started_at && t.finished_at ? (Date.parse(t.finished_at) - Date.parse(t.started_at)) / 1000 : NaN,
     }));
     const notes = [`apply methods: ${[...new Set(tasks.map((t) => `${t.table.replace('public.', '')}=${t.method}`))].join(', ')}`];
+    notes.push(await timeline(api, job, t0));
     if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): syncflow sets the empty tables\' secondary indexes and FKs aside for the load and rebuilds them after it (its default), so the end state equals pgcopydb\'s');
     return { wallS, peakRssMb, cpuS, notes, wanBytes: proxy.bytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
   } finally {
@@ -100,4 +101,20 @@ export async function changeOnePercent(source: PgCluster, db: string): Promise<{
     await count('inserted', `INSERT INTO events SELECT now(), 'view', g, 'new event ' || g FROM generate_series(1, (${maxo} / 300)::int) g`);
   });
   return out;
+}
+
+/** Where a job's wall time went: before the job (schema copy, connections), planning, the tasks, the finish (index rebuilds, sequences). */
+async function timeline(api: Api, job: pb.Job__Output, t0: number): Promise<string> {
+  const at = (iso: string) => (iso ? Date.parse(iso) : NaN);
+  const epoch0 = Date.now() - (performance.now() - t0);
+  const starts = job.tasks.map((t) => at(t.started_at)).filter(Number.isFinite);
+  const ends = job.tasks.map((t) => at(t.finished_at)).filter(Number.isFinite);
+  const logs = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+  const finalized = logs.entries.find((e) => e.message.startsWith('finalized target'));
+  const s = (a: number, b: number) => ((b - a) / 1000).toFixed(1);
+  const perTable = new Map<string, number>();
+  for (const t of job.tasks) perTable.set(t.table, Math.max(perTable.get(t.table) ?? 0, (at(t.finished_at) - at(t.started_at)) / 1000));
+  return `timeline (s): before the job ${s(epoch0, at(job.created_at))}, planning ${s(at(job.created_at), Math.min(...starts))}, ` +
+    `tasks ${s(Math.min(...starts), Math.max(...ends))}, finish ${s(Math.max(...ends), at(job.finished_at))}` +
+    `${finalized ? ` (${finalized.message})` : ''}; longest part per table: ${[...perTable].map(([t, x]) => `${t} ${x.toFixed(1)}`).join(', ')}`;
 }

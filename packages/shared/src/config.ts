@@ -69,7 +69,7 @@ export const agentEnv = z.object({
   SYNCFLOW_DB_MAX_ROWS_PER_S: z.coerce.number().min(0).default(0),
   SYNCFLOW_DB_MAX_BYTES_PER_S: z.coerce.number().min(0).default(0),
   /** Bytes of batches this agent keeps in flight over all its transfers, whatever the row size. */
-  SYNCFLOW_INFLIGHT_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
+  SYNCFLOW_INFLIGHT_BYTES: z.coerce.number().int().min(1 << 20).default(32 << 20),
   /** Largest gRPC message accepted (bytes); batches are cut well below it. */
   SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
   /** Hours a job's undo log is kept on its target (for rollback) before it is purged. */
