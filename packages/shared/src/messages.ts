@@ -41,6 +41,8 @@ export const taskMessage = z.object({
   max_attempts: z.number().int().min(1).max(100).default(3),
   /** Rows the target refuses: quarantine (default), skip, or fail the task. */
   on_bad_row: z.enum(['fail', 'skip', 'quarantine']).default('quarantine'),
+  /** Diff re-sync: compare hash buckets with the target and ship only those that differ (target has rows). */
+  diff: z.boolean().default(false),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

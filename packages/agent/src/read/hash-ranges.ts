@@ -69,7 +69,7 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
 }
 
 /** This database's own types of the key columns (the other side's may differ: int4 here, int8 there). */
-async function keyTypes(tx: Sql, req: pb.HashRangesRequest__Output): Promise<{ schema: string; name: string }[]> {
+export async function keyTypes(tx: Sql, req: Pick<pb.HashRangesRequest__Output, 'schema' | 'table' | 'key'>): Promise<{ schema: string; name: string }[]> {
   if (!req.key.length) return [];
   const rows = await tx<{ name: string; type_schema: string; type_name: string }[]>`
     SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name

@@ -1,7 +1,7 @@
 import { grpc, toSyncflowError, SyncflowError, ErrorKind, injectContext, type pb, type Logger } from '@syncflow/shared';
 import type { InflightBytes } from '../work/limits.js';
 
-export interface TransferStart { committedSeq: number; resumeAfter: string[] | null }
+export interface TransferStart { committedSeq: number; resumeAfter: string[] | null; diff: pb.DiffFilter__Output | null }
 export interface OutBatch { data: Buffer; rows: number; firstKey: (string | null)[]; lastKey: (string | null)[] }
 
 /**
@@ -37,7 +37,12 @@ export class TransferSender {
     this.#seq = Number(first.committed_seq);
     this.#final = this.#ackLoop();
     this.#final.catch(() => undefined);
-    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null };
+    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null, diff: first.diff ?? null };
+  }
+
+  /** Diff re-sync: the buckets this task ships, before its first batch (the target bounds its marks by them). */
+  sendDiff(diff: pb.DiffFilter): void {
+    this.#call.write({ diff });
   }
 
   async send(b: OutBatch): Promise<number> {

@@ -8,6 +8,7 @@ import { SNAPSHOT_ID } from '../read/snapshot.js';
 import { TransferSender } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
+import { decideDiff, diffFilterMessage, diffSummary } from './diff-plan.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -108,14 +109,17 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: no primary key and the job snapshot is gone: restarted the table (the rows earlier attempts applied were deleted in one transaction, then the table is read again)` }, `${task.task_id}:restart:${delivery}`);
       }
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id && !restarted ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
+      // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
+      const diff = task.diff ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && await snapshotAlive(sql, task.snapshot_id)) : null;
+      if (diff?.filter) sender.sendDiff(diffFilterMessage(diff.filter));
       let skip = keyless ? start.committedSeq : 0; // keyless: re-read the same snapshot, skip what was committed
       const readSpec = {
         schema: task.schema, table: task.table, columns: task.columns,
         key: { columns: task.key_columns, types: task.key_types }, snapshotId: restarted ? '' : task.snapshot_id,
         resumeAfter: keyless ? null : start.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-        blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes,
+        blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes, buckets: diff?.filter ?? null,
       };
-      const { snapshot } = await readTable(sql, readSpec, tlog, async (b) => {
+      const { snapshot } = diff?.filter && diff.fineDiffering === 0 ? { snapshot: 'job' as const } : await readTable(sql, readSpec, tlog, async (b) => {
         if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
         if (await deps.flags.isPaused(task.job_id)) {
           // Let the batches in flight commit (their acks become the checkpoint); only the batch in
@@ -143,6 +147,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
+      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes) }, `${task.task_id}:diff:${delivery}`);
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
       await emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`);

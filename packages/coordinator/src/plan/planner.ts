@@ -23,6 +23,8 @@ export interface PlanInput {
   keepIndexes?: boolean;
   createMissing?: boolean;
   onBadRow?: 'fail' | 'skip' | 'quarantine';
+  /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off' (ship every row). */
+  diff?: 'auto' | 'off';
 }
 
 export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
@@ -98,6 +100,9 @@ export function planSync(input: PlanInput): Planned {
       return { schema: c.type_schema, name: c.type_name };
     });
     const ranges = partsOf(input.splits?.get(keyOf(t)), method);
+    // Diff re-sync: a target that already has rows is compared by hash buckets; only those that differ are shipped.
+    const diffTable = method !== 'copy' && input.diff !== 'off';
+    if (diffTable) tableNotes.push('the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync)');
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     if (ranges.length > 1) tableNotes.push(`cut into ${ranges.length} ${key.length ? 'key' : 'block'} ranges that load in parallel`);
     tablePlans.push({
@@ -114,7 +119,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, ...r,
         },
       });
     });
