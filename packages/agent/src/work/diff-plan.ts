@@ -4,8 +4,11 @@ import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
 
-/** Above this share of differing coarse buckets, a task ships every row (the digests would not pay off). */
-const MAX_DIFFERING_SHARE = 1 / 3;
+/**
+ * Above this share of differing coarse buckets, a task ships every row: the fine digests (8 bytes
+ * a row) no longer pay off against rows that almost all differ anyway.
+ */
+const MAX_DIFFERING_SHARE = 3 / 4;
 
 export interface DiffDecision {
   /** null: ship every row. An empty bitmap: nothing differs. */
