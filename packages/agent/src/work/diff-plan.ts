@@ -1,4 +1,4 @@
-import { call, grpc, injectContext, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
+import { call, grpc, injectContext, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
 import { digestsOf, rowsIn, type DigestRequest } from '../read/diff-digests.js';
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
@@ -34,7 +34,7 @@ const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, not
  * batch of a task is applied under the same filter, so what was skipped as equal stays equal.
  */
 export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient,
-  start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean): Promise<DiffDecision> {
+  start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean, log: Logger): Promise<DiffDecision> {
   if (start.committedSeq > 0) {
     const pinned = unpackFilter(start.diff);
     if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
@@ -46,7 +46,9 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
     after: task.range?.after ?? null, upto: task.range?.upto ?? null,
   };
+  const t0 = Date.now();
   const rows = await rowsIn(sql, base, task.snapshot_id);
+  const tCount = Date.now();
   const fineBits = fineBitsFor(rows);
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
@@ -59,6 +61,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     return differingSlots(mine.digests, theirs.digests);
   };
   const coarseDiff = await both(null);
+  const tCoarse = Date.now();
   if (coarseDiff.length > coarseCount * MAX_DIFFERING_SHARE) {
     return full(`diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differ; every row is shipped`, wire);
   }
@@ -69,6 +72,8 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
   }
   const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine) };
+  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire,
+    count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
   return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
 }
 

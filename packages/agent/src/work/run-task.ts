@@ -110,7 +110,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       }
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id && !restarted ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
-      const diff = task.diff ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && await snapshotAlive(sql, task.snapshot_id)) : null;
+      const diff = task.diff ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && await snapshotAlive(sql, task.snapshot_id), tlog) : null;
       if (diff?.filter) sender.sendDiff(diffFilterMessage(diff.filter));
       let skip = keyless ? start.committedSeq : 0; // keyless: re-read the same snapshot, skip what was committed
       const readSpec = {
