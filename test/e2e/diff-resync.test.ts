@@ -13,7 +13,7 @@ import type { pb } from '../../packages/shared/src/index.js';
  */
 
 const SCHEMA = `
-CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, score int NOT NULL, seen timestamptz NOT NULL);
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, score int NOT NULL, seen timestamptz NOT NULL, photo bytea);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, amount numeric(12,2) NOT NULL, note text);
 CREATE TABLE tags (name text NOT NULL, lang text NOT NULL, label text NOT NULL, PRIMARY KEY (name, lang));
 CREATE TABLE events (at timestamptz NOT NULL, customer_id bigint, payload text NOT NULL);
@@ -33,7 +33,8 @@ beforeAll(async () => {
   b = stack.region('b');
   await a.createDatabase('shop');
   await a.exec('shop', `${SCHEMA}
-INSERT INTO customers SELECT g, 'customer ' || md5(g::text), g % 1000, timestamptz '2024-01-01 00:00:00+00' + g * interval '13.123457 seconds' FROM generate_series(1, ${N.customers}) g;
+INSERT INTO customers SELECT g, 'customer ' || md5(g::text), g % 1000, timestamptz '2024-01-01 00:00:00+00' + g * interval '13.123457 seconds',
+  CASE WHEN g % 5 = 0 THEN NULL ELSE decode(md5(g::text) || md5('p' || g), 'hex') END FROM generate_series(1, ${N.customers}) g;
 INSERT INTO orders SELECT g, 1 + g % ${N.customers}, (g % 100000) / 100.0, CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END FROM generate_series(1, ${N.orders}) g;
 INSERT INTO tags SELECT 'tag, "' || (g / 4) || '"', (ARRAY['en','de','fr','ja'])[1 + g % 4], 'label ' || md5(g::text) FROM generate_series(0, ${N.tags - 1}) g;
 -- duplicates on purpose (g / 2): a keyless table may hold equal rows
@@ -66,9 +67,11 @@ async function changeOnePercent(round: number): Promise<number> {
   await a.sql('shop').begin(async (tx) => {
     const run = async (q: string) => { n += (await tx.unsafe(q)).count; };
     await run(`UPDATE customers SET score = score + 1, seen = seen + interval '1.5 microseconds' WHERE id % 100 = ${round}`);
+    // only the bytes of a bytea column (hashed by its bytes, not its text)
+    await run(`UPDATE customers SET photo = coalesce(photo, '') || '\\x00'::bytea WHERE id % 100 = ${50 + round}`);
     await run(`UPDATE orders SET note = coalesce(note, '') || ' (edited ${round})' WHERE id % 200 = ${3 + round}`);
     await run(`DELETE FROM orders WHERE id % 1000 = ${17 + round}`);
-    await run(`INSERT INTO customers SELECT (SELECT max(id) FROM customers) + g, 'new ' || g, 0, now() FROM generate_series(1, 300) g`);
+    await run(`INSERT INTO customers SELECT (SELECT max(id) FROM customers) + g, 'new ' || g, 0, now(), NULL FROM generate_series(1, 300) g`);
     await run(`INSERT INTO orders SELECT (SELECT max(id) FROM orders) + g, 1 + g, 9.99, NULL FROM generate_series(1, 600) g`);
     // a text composite key: updates, deletes and inserts
     await run(`UPDATE tags SET label = label || ' v${round}' WHERE md5(name || lang || '${round}') LIKE '0%' AND lang = 'de'`);

@@ -43,6 +43,8 @@ export const taskMessage = z.object({
   on_bad_row: z.enum(['fail', 'skip', 'quarantine']).default('quarantine'),
   /** Diff re-sync: compare hash buckets with the target and ship only those that differ (target has rows). */
   diff: z.boolean().default(false),
+  /** The planner's estimate of this task's rows (0 = unknown): sizes the diff buckets without a count. */
+  row_estimate: z.number().int().min(0).default(0),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

@@ -9,8 +9,8 @@ import { keyCompare, joinFragments, type KeySpec } from './keys.js';
  * A row's fine bucket is the low `fineBits` bits of hashtextextended(text, 1) of its key's text
  * (keyed tables: ROW(key columns)::text) or of its whole row's text (keyless: ROW(columns)::text);
  * its coarse bucket is the fine bucket >> COARSE_SHIFT. A bucket's digest is a 64-bit hash of
- * (row count, sum of the high halves, sum of the low halves of each row's 64-bit hash) — order-
- * independent, and unlike an XOR it does not cancel a duplicated row (keyless tables). Text forms
+ * (row count, exact sum of the rows' 64-bit hashes) — order-independent, and unlike an XOR it does
+ * not cancel a duplicated row (keyless tables). Text forms
  * depend on session settings, so every statement that computes a bucket pins them (PINNED, the
  * same as verify's). Equal digests mean equal row multisets but for a 64-bit hash collision.
  */
@@ -86,6 +86,19 @@ export interface DigestQuery extends BucketSpec {
   upto: readonly (string | null)[] | null;
   /** null: every coarse bucket; else a bitmap of the coarse buckets whose fine digests are wanted. */
   coarse: Buffer | null;
+  /**
+   * Columns hashed as raw bytes instead of through their text form (bytea: its hex text is costly).
+   * Equal bytes hash equal; a column of another type on the other side only makes buckets differ.
+   */
+  rawColumns?: readonly string[];
+}
+
+/** `ROW(c1, hash_record_extended(ROW(t.c2), 0), …)::text`: the text a row's content hash is taken of. */
+function rowHashText(sql: Sql, columns: readonly string[], raw: readonly string[], alias: string) {
+  const parts = columns.map((c) => raw.includes(c)
+    ? sql`hash_record_extended(ROW(${ident(sql, alias)}.${ident(sql, c)}), 0)`
+    : sql`${ident(sql, alias)}.${ident(sql, c)}`);
+  return sql`ROW(${joinFragments(sql, parts)})::text`;
 }
 
 /**
@@ -96,22 +109,24 @@ export interface DigestQuery extends BucketSpec {
 export async function bucketDigests(tx: Sql, q: DigestQuery): Promise<{ digests: Buffer; rows: number }> {
   await pinTextForms(tx);
   const table = ident(tx, q.schema, q.table);
-  const conds = [];
+  const conds: ReturnType<Sql['unsafe']>[] = [];
   if (q.key.columns.length) {
     if (q.after) conds.push(keyCompare(tx, q.key, 't', '>', q.after));
     if (q.upto) conds.push(keyCompare(tx, q.key, 't', '<=', q.upto));
   }
-  const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
   const shift = tx.unsafe(String(COARSE_SHIFT));
   const fine = !!q.coarse;
+  // Fine digests: only rows of the coarse buckets asked for are hashed.
+  if (fine) conds.push(tx`get_bit(${q.coarse!}::bytea, ${fineBucket(tx, q, 't')} >> ${shift}) = 1`);
+  const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
   const group = fine ? tx`b` : tx`(b >> ${shift})`;
-  const pick = fine ? tx`WHERE get_bit(${q.coarse!}::bytea, b >> ${shift}) = 1` : tx``;
+  // OFFSET 0 keeps x a subquery: inlined, each use of h would hash every row again.
+  // sum(int8) adds exactly (128-bit), so a bucket's digest covers each row's 64-bit hash whole.
   const [r] = await tx<{ d: Buffer | null; n: string }[]>`
-    WITH x AS (SELECT ${fineBucket(tx, q, 't')} AS b, hashtextextended(ROW(${identList(tx, q.columns, 't')})::text, 0) AS h FROM ${table} t ${where}),
-         g AS (SELECT ${group}::int4 AS c, count(*) AS n,
-                      sum((h >> 32)::int4) AS s1, sum(((h & 4294967295) - 2147483648)::int4) AS s2
-               FROM x ${pick} GROUP BY 1)
-    SELECT string_agg(int4send(c) || int8send(hashtextextended(n || ':' || s1 || ':' || s2, 0)), ''::bytea ORDER BY c) AS d,
+    WITH x AS (SELECT ${fineBucket(tx, q, 't')} AS b, hashtextextended(${rowHashText(tx, q.columns, q.rawColumns ?? [], 't')}, 0) AS h
+               FROM ${table} t ${where} OFFSET 0),
+         g AS (SELECT ${group}::int4 AS c, count(*) AS n, sum(h) AS s FROM x GROUP BY 1)
+    SELECT string_agg(int4send(c) || int8send(hashtextextended(n || ':' || s, 0)), ''::bytea ORDER BY c) AS d,
            coalesce(sum(n), 0)::text AS n FROM g`;
   const pairs = r?.d ?? Buffer.alloc(0);
   const coarseCount = 2 ** (q.fineBits - COARSE_SHIFT);

@@ -1,5 +1,5 @@
 import { call, grpc, injectContext, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
-import { digestsOf, rowsIn, type DigestRequest } from '../read/diff-digests.js';
+import { digestsOf, tableFacts, type DigestRequest } from '../read/diff-digests.js';
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
@@ -25,7 +25,7 @@ const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, not
 
 /**
  * Diff re-sync, the source's side: which hash buckets of this task differ between the job
- * snapshot and the target's current state. Coarse buckets (~16 rows) first for the whole part,
+ * snapshot and the target's current state (sized from the planner's row estimate, else a count). Coarse buckets (~16 rows) first for the whole part,
  * then fine buckets (~1 row) only inside the coarse buckets that differ; both sides hash next to
  * their database in parallel, and only 8-byte digests cross.
  *
@@ -47,15 +47,15 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     after: task.range?.after ?? null, upto: task.range?.upto ?? null,
   };
   const t0 = Date.now();
-  const rows = await rowsIn(sql, base, task.snapshot_id);
+  const { rows, bytea } = await tableFacts(sql, base, task.snapshot_id, task.row_estimate);
   const tCount = Date.now();
   const fineBits = fineBitsFor(rows);
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
   const both = async (coarse: Buffer | null) => {
     const [mine, theirs] = await Promise.all([
-      digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
-      peerDigests(target, task, fineBits, coarse),
+      digestsOf(sql, { ...base, fineBits, coarse, rawColumns: bytea }, task.snapshot_id),
+      peerDigests(target, task, fineBits, coarse, bytea),
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
     return differingSlots(mine.digests, theirs.digests);
@@ -86,7 +86,7 @@ function describe(filter: BucketFilter, wire: number, lead: string): DiffDecisio
   };
 }
 
-async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null): Promise<pb.DiffReply__Output> {
+async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null, raw: string[]): Promise<pb.DiffReply__Output> {
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
   return call<pb.DiffRequest, pb.DiffReply__Output>(client as unknown as grpc.Client, 'DiffBuckets', {
@@ -94,7 +94,7 @@ async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fin
     schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
     range_after: task.range?.after ? { values: task.range.after as string[] } : null,
     range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
-    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0),
+    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), raw_columns: raw,
   }, { metadata: md, deadlineMs: 30 * 60_000 });
 }
 

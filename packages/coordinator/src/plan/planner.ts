@@ -119,7 +119,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
         },
       });
     });
