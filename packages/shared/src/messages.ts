@@ -45,6 +45,11 @@ export const taskMessage = z.object({
   diff: z.boolean().default(false),
   /** The planner's estimate of this task's rows (0 = unknown): sizes the diff buckets without a count. */
   row_estimate: z.number().int().min(0).default(0),
+  /**
+   * Diff re-sync: columns hashed by their type's own hash function rather than their text (cheaper):
+   * the same type on both sides, and one whose equality is identity (plan/planner.ts HASHED_TYPES).
+   */
+  diff_hashed: z.array(z.string()).default([]),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

@@ -14,20 +14,21 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
   await tx`CREATE TABLE IF NOT EXISTS syncflow.diff_filters (
     job_id uuid NOT NULL, task_id text NOT NULL,
     fine_bits int NOT NULL, buckets bytea NOT NULL,  -- the wire form (deflated bitmap)
+    hashed text[] NOT NULL,                          -- columns hashed by their type's hash function
     digest text NOT NULL,                            -- sha256 of the bitmap: filters compare by it
     at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, task_id))`;
 }
 
-type WireFilter = { fine_bits: number; buckets: Buffer };
+type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[] };
 export interface StoredFilter { wire: WireFilter; digest: string }
 
-const digestOf = (f: BucketFilter) => `${f.fineBits}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
+const digestOf = (f: BucketFilter) => `${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
 
 export async function storedFilter(sql: Sql, jobId: string, taskId: string): Promise<StoredFilter | null> {
-  const [r] = await sql<{ fine_bits: number; buckets: Buffer; digest: string }[]>`
-    SELECT fine_bits, buckets, digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
-  return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets }, digest: r.digest } : null;
+  const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; digest: string }[]>`
+    SELECT fine_bits, buckets, hashed, digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
+  return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets, hashed_columns: r.hashed }, digest: r.digest } : null;
 }
 
 export interface TaskFilter { filter: BucketFilter; wire: WireFilter; digest: string }
@@ -50,8 +51,8 @@ export function checkResume(committedSeq: number, stored: StoredFilter | null, f
 
 /** In a batch's transaction: stores the task's filter, or checks it against the stored one (a concurrent attempt). */
 export async function storeFilter(tx: Sql, jobId: string, taskId: string, f: TaskFilter): Promise<void> {
-  await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, digest)
-           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.digest}) ON CONFLICT DO NOTHING`;
+  await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, hashed, digest)
+           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.digest}) ON CONFLICT DO NOTHING`;
   const [r] = await tx<{ digest: string }[]>`SELECT digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
   if (r?.digest !== f.digest) throw mismatch('another attempt of this task stored a different bucket filter');
 }
@@ -62,7 +63,7 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
 
 /** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. */
 export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, alias = 't') {
-  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits }, alias, tx`${f.bitmap}::bytea`);
+  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed }, alias, tx`${f.bitmap}::bytea`);
 }
 
 export { withPinnedTextForms };

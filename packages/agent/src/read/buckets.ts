@@ -6,8 +6,9 @@ import { keyCompare, joinFragments, type KeySpec } from './keys.js';
  * Hash buckets of a table for diff re-sync, computed inside each database the same way, so only
  * digests cross between the agents.
  *
- * A row's fine bucket is the low `fineBits` bits of hashtextextended(text, 1) of its key's text
- * (keyed tables: ROW(key columns)::text) or of its whole row's text (keyless: ROW(columns)::text);
+ * A row's fine bucket is the low `fineBits` bits of a 64-bit hash of its key (keyed tables) or of its
+ * whole row (keyless) — of the columns' text forms, or of their type's own hash for the planner's
+ * `hashed` columns (see BucketSpec);
  * its coarse bucket is the fine bucket >> COARSE_SHIFT. A bucket's digest is a 64-bit hash of
  * (row count, exact sum of the rows' 64-bit hashes) — order-independent, and unlike an XOR it does
  * not cancel a duplicated row (keyless tables). Text forms
@@ -59,18 +60,35 @@ export interface BucketSpec {
   columns: readonly string[];
   keyColumns: readonly string[];
   fineBits: number;
+  /**
+   * Columns hashed by their type's own hash function instead of through their text form (cheaper):
+   * the planner names only columns of the same type on both sides whose equality is identity
+   * (integers, bool, bytea, uuid, dates and times, numeric with a fixed scale).
+   */
+  hashed?: readonly string[];
 }
 
-/** The text a row's bucket is hashed from: its key, or (keyless) its whole row. */
-function bucketText(sql: Sql, spec: BucketSpec, alias: string) {
-  const cols = spec.keyColumns.length ? spec.keyColumns : spec.columns;
-  return sql`ROW(${identList(sql, cols, alias || undefined)})::text`;
+const col = (sql: Sql, alias: string, c: string) => (alias ? sql`${ident(sql, alias)}.${ident(sql, c)}` : ident(sql, c));
+
+/**
+ * `hashtextextended(ROW(text columns…, hash_record_extended(ROW(hashed columns…), seed))::text, seed)`:
+ * a 64-bit hash of the given columns.
+ */
+function hashOf(sql: Sql, columns: readonly string[], hashed: readonly string[], alias: string, seed: 0 | 1) {
+  const h = columns.filter((c) => hashed.includes(c));
+  const t = columns.filter((c) => !hashed.includes(c));
+  const s = sql.unsafe(String(seed));
+  if (h.length === columns.length) return sql`hash_record_extended(ROW(${joinFragments(sql, h.map((c) => col(sql, alias, c)))}), ${s})`;
+  const parts = t.map((c) => col(sql, alias, c));
+  if (h.length) parts.push(sql`hash_record_extended(ROW(${joinFragments(sql, h.map((c) => col(sql, alias, c)))}), ${s})`);
+  return sql`hashtextextended(ROW(${joinFragments(sql, parts)})::text, ${s})`;
 }
 
-/** `(hashtextextended(…, 1) & mask)`: a row's fine bucket (int8). The mask is a checked integer literal. */
+/** `(hash(key or, keyless, whole row) & mask)`: a row's fine bucket (int8). The mask is a checked integer literal. */
 export function fineBucket(sql: Sql, spec: BucketSpec, alias: string) {
   const mask = 2 ** assertFineBits(spec.fineBits) - 1;
-  return sql`(hashtextextended(${bucketText(sql, spec, alias)}, 1) & ${sql.unsafe(String(mask))})`;
+  const cols = spec.keyColumns.length ? spec.keyColumns : spec.columns;
+  return sql`(${hashOf(sql, cols, spec.hashed ?? [], alias, 1)} & ${sql.unsafe(String(mask))})`;
 }
 
 /** `get_bit(bitmap, bucket) = 1`: the row's fine bucket is in the filter. */
@@ -86,19 +104,6 @@ export interface DigestQuery extends BucketSpec {
   upto: readonly (string | null)[] | null;
   /** null: every coarse bucket; else a bitmap of the coarse buckets whose fine digests are wanted. */
   coarse: Buffer | null;
-  /**
-   * Columns hashed as raw bytes instead of through their text form (bytea: its hex text is costly).
-   * Equal bytes hash equal; a column of another type on the other side only makes buckets differ.
-   */
-  rawColumns?: readonly string[];
-}
-
-/** `ROW(c1, hash_record_extended(ROW(t.c2), 0), …)::text`: the text a row's content hash is taken of. */
-function rowHashText(sql: Sql, columns: readonly string[], raw: readonly string[], alias: string) {
-  const parts = columns.map((c) => raw.includes(c)
-    ? sql`hash_record_extended(ROW(${ident(sql, alias)}.${ident(sql, c)}), 0)`
-    : sql`${ident(sql, alias)}.${ident(sql, c)}`);
-  return sql`ROW(${joinFragments(sql, parts)})::text`;
 }
 
 /**
@@ -123,7 +128,7 @@ export async function bucketDigests(tx: Sql, q: DigestQuery): Promise<{ digests:
   // OFFSET 0 keeps x a subquery: inlined, each use of h would hash every row again.
   // sum(int8) adds exactly (128-bit), so a bucket's digest covers each row's 64-bit hash whole.
   const [r] = await tx<{ d: Buffer | null; n: string }[]>`
-    WITH x AS (SELECT ${fineBucket(tx, q, 't')} AS b, hashtextextended(${rowHashText(tx, q.columns, q.rawColumns ?? [], 't')}, 0) AS h
+    WITH x AS (SELECT ${fineBucket(tx, q, 't')} AS b, ${hashOf(tx, q.columns, q.hashed ?? [], 't', 0)} AS h
                FROM ${table} t ${where} OFFSET 0),
          g AS (SELECT ${group}::int4 AS c, count(*) AS n, sum(h) AS s FROM x GROUP BY 1)
     SELECT string_agg(int4send(c) || int8send(hashtextextended(n || ':' || s, 0)), ''::bytea ORDER BY c) AS d,
@@ -186,14 +191,14 @@ export function packFilter(fineBits: number, bitmap: Buffer): { fine_bits: numbe
   return { fine_bits: fineBits, buckets: deflateRawSync(bitmap, { level: 9 }) };
 }
 
-export interface BucketFilter { fineBits: number; bitmap: Buffer }
+export interface BucketFilter { fineBits: number; bitmap: Buffer; hashed: readonly string[] }
 
-export function unpackFilter(f: { fine_bits: number; buckets: Buffer } | null | undefined): BucketFilter | null {
+export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_columns?: string[] } | null | undefined): BucketFilter | null {
   if (!f || !f.fine_bits) return null;
   const fineBits = assertFineBits(f.fine_bits);
   const bitmap = inflateRawSync(f.buckets, { maxOutputLength: 2 ** fineBits / 8 });
   if (bitmap.length !== 2 ** fineBits / 8) throw invalidArgument('bucket filter bitmap has the wrong size');
-  return { fineBits, bitmap };
+  return { fineBits, bitmap, hashed: f.hashed_columns ?? [] };
 }
 
 /**
@@ -205,5 +210,5 @@ export async function readerBucketCondition(tx: Sql, spec: BucketSpec, filter: B
   await pinTextForms(tx);
   await tx`SELECT set_config('syncflow.diff', ${filter.bitmap.toString('base64')}, true)`;
   // Wrapped: an async function returning the fragment itself would run it (fragments are thenables).
-  return { cond: inBuckets(tx, { ...spec, fineBits: filter.fineBits }, '', tx`(SELECT decode(current_setting('syncflow.diff'), 'base64'))`) };
+  return { cond: inBuckets(tx, { ...spec, fineBits: filter.fineBits, hashed: filter.hashed }, '', tx`(SELECT decode(current_setting('syncflow.diff'), 'base64'))`) };
 }

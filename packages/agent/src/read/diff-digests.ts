@@ -13,7 +13,7 @@ export interface DigestRequest {
   upto: readonly (string | null)[] | null;
   fineBits: number;
   coarse: Buffer | null;
-  rawColumns?: readonly string[];
+  hashed?: readonly string[];
 }
 
 /**
@@ -35,7 +35,7 @@ export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): 
     return bucketDigests(tx, {
       schema: req.schema, table: req.table, columns: req.columns, keyColumns: req.keyColumns, fineBits: req.fineBits,
       key: { columns: req.keyColumns, types }, after: req.after, upto: req.upto, coarse: req.coarse,
-      rawColumns: (req.rawColumns ?? []).filter((c) => req.columns.includes(c)),
+      hashed: (req.hashed ?? []).filter((c) => req.columns.includes(c)),
     });
   });
 }
@@ -46,16 +46,17 @@ export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output): Promis
     schema: req.schema, table: req.table, columns: req.columns, keyColumns: req.key_columns,
     after: req.range_after?.values.length ? req.range_after.values : null,
     upto: req.range_upto?.values.length ? req.range_upto.values : null,
-    fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, rawColumns: req.raw_columns,
+    fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns,
   });
   return { digests: r.digests, rows: r.rows };
 }
 
 /**
- * What sizes and shapes the buckets, inside the job snapshot: the rows of the table (part) — the
- * planner's estimate when it has one, else counted — and its bytea columns (hashed by their bytes).
+ * Rows of a table (part), which size the buckets: the planner's estimate when it has one, else
+ * counted inside the job snapshot.
  */
-export async function tableFacts(sql: Sql, req: Omit<DigestRequest, 'fineBits' | 'coarse'>, snapshotId: string, estimate: number): Promise<{ rows: number; bytea: string[] }> {
+export async function rowsOf(sql: Sql, req: Omit<DigestRequest, 'fineBits' | 'coarse'>, snapshotId: string, estimate: number): Promise<number> {
+  if (estimate > 0) return estimate;
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
     const tx = txAny as unknown as Sql;
     assertSnapshotId(snapshotId);
@@ -65,12 +66,8 @@ export async function tableFacts(sql: Sql, req: Omit<DigestRequest, 'fineBits' |
     const conds = [];
     if (key.columns.length && req.after) conds.push(keyCompare(tx, key, 't', '>', req.after));
     if (key.columns.length && req.upto) conds.push(keyCompare(tx, key, 't', '<=', req.upto));
-    const [r] = estimate > 0 ? [{ n: String(estimate) }] : await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM ${ident(tx, req.schema, req.table)} t
+    const [r] = await tx<{ n: string }[]>`SELECT count(*)::text AS n FROM ${ident(tx, req.schema, req.table)} t
       ${conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``}`;
-    const bytea = await tx<{ name: string }[]>`
-      SELECT a.attname AS name FROM pg_attribute a
-      WHERE a.attrelid = to_regclass(format('%I.%I', ${req.schema}::text, ${req.table}::text)) AND a.attnum > 0 AND NOT a.attisdropped
-        AND a.atttypid = 'bytea'::regtype`;
-    return { rows: Number(r!.n), bytea: bytea.map((b) => b.name).filter((c) => req.columns.includes(c)) };
+    return Number(r!.n);
   });
 }

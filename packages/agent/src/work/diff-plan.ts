@@ -1,5 +1,5 @@
-import { call, grpc, injectContext, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
-import { digestsOf, tableFacts, type DigestRequest } from '../read/diff-digests.js';
+import { call, grpc, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
+import { digestsOf, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
@@ -38,24 +38,25 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   if (start.committedSeq > 0) {
     const pinned = unpackFilter(start.diff);
     if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
+    if (pinned.hashed.join('\0') !== task.diff_hashed.join('\0')) throw new SyncflowError(ErrorKind.Internal, 'the stored bucket filter hashes other columns than this task', { code: 'diff_filter_mismatch' });
     return describe(pinned, 0, 'diff (resumed with the stored bucket filter)');
   }
   // Both sides must hash the same rows the reader will read: only inside the job snapshot.
   if (!snapshotUsable || !task.snapshot_id) return full('diff: the job snapshot is gone; every row is shipped');
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
-    after: task.range?.after ?? null, upto: task.range?.upto ?? null,
+    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed,
   };
   const t0 = Date.now();
-  const { rows, bytea } = await tableFacts(sql, base, task.snapshot_id, task.row_estimate);
+  const rows = await rowsOf(sql, base, task.snapshot_id, task.row_estimate);
   const tCount = Date.now();
   const fineBits = fineBitsFor(rows);
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
   const both = async (coarse: Buffer | null) => {
     const [mine, theirs] = await Promise.all([
-      digestsOf(sql, { ...base, fineBits, coarse, rawColumns: bytea }, task.snapshot_id),
-      peerDigests(target, task, fineBits, coarse, bytea),
+      digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
+      peerDigests(target, task, fineBits, coarse),
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
     return differingSlots(mine.digests, theirs.digests);
@@ -71,7 +72,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     const per = 2 ** COARSE_SHIFT;
     fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
   }
-  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine) };
+  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
   log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire,
     count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
   return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
@@ -86,7 +87,7 @@ function describe(filter: BucketFilter, wire: number, lead: string): DiffDecisio
   };
 }
 
-async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null, raw: string[]): Promise<pb.DiffReply__Output> {
+async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null): Promise<pb.DiffReply__Output> {
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
   return call<pb.DiffRequest, pb.DiffReply__Output>(client as unknown as grpc.Client, 'DiffBuckets', {
@@ -94,11 +95,11 @@ async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fin
     schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
     range_after: task.range?.after ? { values: task.range.after as string[] } : null,
     range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
-    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), raw_columns: raw,
+    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), hashed_columns: task.diff_hashed,
   }, { metadata: md, deadlineMs: 30 * 60_000 });
 }
 
-export const diffFilterMessage = (f: BucketFilter): pb.DiffFilter => packFilter(f.fineBits, f.bitmap);
+export const diffFilterMessage = (f: BucketFilter): pb.DiffFilter => ({ ...packFilter(f.fineBits, f.bitmap), hashed_columns: [...(f.hashed ?? [])] });
 
 /** The job log's line per task: "diff: N of M buckets differed, R rows shipped". */
 export function diffSummary(task: TaskMessage, d: DiffDecision, rows: number, bytes: number): string {

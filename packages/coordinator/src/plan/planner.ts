@@ -119,7 +119,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
         },
       });
     });
@@ -171,6 +171,24 @@ function partsOf(split: TableSplit | undefined, method: ApplyMethod): { range: T
   return Array.from({ length: split.parts }, (_, j) => ({
     range: null, blocks: { from: j * step, to: j === split.parts - 1 ? null : (j + 1) * step },
   }));
+}
+
+/**
+ * Types whose equality is identity (equal values have equal text), so hashing them with their type's
+ * own hash function finds every change the text would: not float (-0 = 0), interval ('1 day' =
+ * '24 hours'), jsonb (1.0 = 1.00), text types (nondeterministic collations), nor numeric without a
+ * fixed scale. Their text output costs more than their hash (int8, numeric, timestamptz, bytea's hex).
+ */
+const HASHED_TYPES = new Set(['int2', 'int4', 'int8', 'bool', 'bytea', 'uuid', 'date', 'timestamp', 'timestamptz', 'time', 'oid']);
+
+/** Diff re-sync: the columns both sides hash by type (same type and modifier on both sides, in HASHED_TYPES). */
+function hashedColumns(t: pb.Table__Output, target: pb.Table__Output | undefined): string[] {
+  if (!target) return [];
+  return t.columns.filter((c) => {
+    const tc = target.columns.find((x) => x.name === c.name);
+    if (!tc || tc.type !== c.type || tc.type_schema !== c.type_schema || tc.type_name !== c.type_name || c.type_schema !== 'pg_catalog' || c.generated) return false;
+    return HASHED_TYPES.has(c.type_name) || (c.type_name === 'numeric' && /^numeric\(\d+,\d+\)$/.test(c.type));
+  }).map((c) => c.name);
 }
 
 function typeOf(t: pb.Table__Output, col: string) {
