@@ -125,13 +125,14 @@ export async function bucketDigests(tx: Sql, q: DigestQuery): Promise<{ digests:
   if (fine) conds.push(tx`get_bit(${q.coarse!}::bytea, ${fineBucket(tx, q, 't')} >> ${shift}) = 1`);
   const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
   const group = fine ? tx`b` : tx`(b >> ${shift})`;
+  // (bucket, digest) pairs in any order: each lands in its slot of the dense answer below.
   // OFFSET 0 keeps x a subquery: inlined, each use of h would hash every row again.
   // sum(int8) adds exactly (128-bit), so a bucket's digest covers each row's 64-bit hash whole.
   const [r] = await tx<{ d: Buffer | null; n: string }[]>`
     WITH x AS (SELECT ${fineBucket(tx, q, 't')} AS b, ${hashOf(tx, q.columns, q.hashed ?? [], 't', 0)} AS h
                FROM ${table} t ${where} OFFSET 0),
          g AS (SELECT ${group}::int4 AS c, count(*) AS n, sum(h) AS s FROM x GROUP BY 1)
-    SELECT string_agg(int4send(c) || int8send(hashtextextended(n || ':' || s, 0)), ''::bytea ORDER BY c) AS d,
+    SELECT string_agg(int4send(c) || int8send(hashtextextended(n || ':' || s, 0)), ''::bytea) AS d,
            coalesce(sum(n), 0)::text AS n FROM g`;
   const pairs = r?.d ?? Buffer.alloc(0);
   const coarseCount = 2 ** (q.fineBits - COARSE_SHIFT);
