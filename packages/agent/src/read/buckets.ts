@@ -189,7 +189,7 @@ export function countBits(m: Buffer): number {
 
 /** The wire form of a bucket filter: a deflated bitmap (sparse bitmaps shrink to a few bits per set bit). */
 export function packFilter(fineBits: number, bitmap: Buffer): { fine_bits: number; buckets: Buffer } {
-  return { fine_bits: fineBits, buckets: deflateRawSync(bitmap, { level: 9 }) };
+  return { fine_bits: fineBits, buckets: deflateRawSync(bitmap, { level: 6 }) };
 }
 
 export interface BucketFilter { fineBits: number; bitmap: Buffer; hashed: readonly string[] }

@@ -17,11 +17,13 @@ export interface DiffDecision {
   note: string;
   /** Digest and filter bytes exchanged with the target agent for this decision. */
   wireBytes: number;
+  /** The filter's wire form (sent on the Transfer stream before the first batch). */
+  message: pb.DiffFilter | null;
   fineDiffering: number;
   fineTotal: number;
 }
 
-const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, note, wireBytes, fineDiffering: 0, fineTotal: 0 });
+const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, note, wireBytes, fineDiffering: 0, fineTotal: 0, message: null });
 
 /**
  * Diff re-sync, the source's side: which hash buckets of this task differ between the job
@@ -81,8 +83,9 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
 function describe(filter: BucketFilter, wire: number, lead: string): DiffDecision {
   const fineTotal = 2 ** filter.fineBits;
   const fineDiffering = countBits(filter.bitmap);
+  const message = { ...packFilter(filter.fineBits, filter.bitmap), hashed_columns: [...filter.hashed] };
   return {
-    filter, wireBytes: wire + packFilter(filter.fineBits, filter.bitmap).buckets.length, fineDiffering, fineTotal,
+    filter, message, wireBytes: wire + message.buckets.length, fineDiffering, fineTotal,
     note: `${lead}, ${fineDiffering} of ${fineTotal} fine buckets`,
   };
 }
@@ -99,7 +102,6 @@ async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fin
   }, { metadata: md, deadlineMs: 30 * 60_000 });
 }
 
-export const diffFilterMessage = (f: BucketFilter): pb.DiffFilter => ({ ...packFilter(f.fineBits, f.bitmap), hashed_columns: [...(f.hashed ?? [])] });
 
 /** The job log's line per task: "diff: N of M buckets differed, R rows shipped". */
 export function diffSummary(task: TaskMessage, d: DiffDecision, rows: number, bytes: number): string {

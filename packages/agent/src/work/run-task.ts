@@ -8,7 +8,7 @@ import { SNAPSHOT_ID } from '../read/snapshot.js';
 import { TransferSender } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
-import { decideDiff, diffFilterMessage, diffSummary } from './diff-plan.js';
+import { decideDiff, diffSummary } from './diff-plan.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -111,7 +111,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: task.snapshot_id && !restarted ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
       const diff = task.diff ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && await snapshotAlive(sql, task.snapshot_id), tlog) : null;
-      if (diff?.filter) sender.sendDiff(diffFilterMessage(diff.filter));
+      if (diff?.message) sender.sendDiff(diff.message);
       let skip = keyless ? start.committedSeq : 0; // keyless: re-read the same snapshot, skip what was committed
       const readSpec = {
         schema: task.schema, table: task.table, columns: task.columns,
