@@ -93,7 +93,7 @@ export function fineBucket(sql: Sql, spec: BucketSpec, alias: string) {
 
 /** `get_bit(bitmap, bucket) = 1`: the row's fine bucket is in the filter. */
 export function inBuckets(sql: Sql, spec: BucketSpec, alias: string, bitmap: ReturnType<Sql['unsafe']>) {
-  return sql`get_bit(${bitmap}, ${fineBucket(sql, spec, alias)}) = 1`;
+  return sql`get_bit(${bitmap}, ${fineBucket(sql, spec, alias)}::int4) = 1`;
 }
 
 export interface DigestQuery extends BucketSpec {
@@ -122,7 +122,7 @@ export async function bucketDigests(tx: Sql, q: DigestQuery): Promise<{ digests:
   const shift = tx.unsafe(String(COARSE_SHIFT));
   const fine = !!q.coarse;
   // Fine digests: only rows of the coarse buckets asked for are hashed.
-  if (fine) conds.push(tx`get_bit(${q.coarse!}::bytea, ${fineBucket(tx, q, 't')} >> ${shift}) = 1`);
+  if (fine) conds.push(tx`get_bit(${q.coarse!}::bytea, (${fineBucket(tx, q, 't')} >> ${shift})::int4) = 1`);
   const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
   const group = fine ? tx`b` : tx`(b >> ${shift})`;
   // (bucket, digest) pairs in any order: each lands in its slot of the dense answer below.

@@ -59,6 +59,8 @@ export function planSync(input: PlanInput): Planned {
     notes.push(`FK cycle or self-reference among ${c.join(', ')}: its foreign keys are set aside on the target during the load, then restored and validated`);
   }
 
+  // hash_record_extended (typed hashing of diff re-sync) exists from PostgreSQL 14 on.
+  const typedHash = [input.source.server_version, input.target.server_version].every((v) => parseInt(v, 10) >= 14);
   const checks: pb.PlanCheck[] = [];
   const missing: { schema: string; name: string }[] = [];
   const tablePlans: pb.TablePlan[] = [];
@@ -119,7 +121,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
         },
       });
     });
