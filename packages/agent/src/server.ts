@@ -7,6 +7,7 @@ import { prepareTarget, finalizeTarget } from './apply/target.js';
 import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
 import { splitPoints } from './read/split.js';
+import { diffBuckets } from './read/diff-digests.js';
 import { safetyHandlers } from './safety-rpc.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
@@ -47,6 +48,10 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {
       const { sql } = conn(req.connection);
       return splitPoints(sql, req);
+    }),
+    DiffBuckets: traced('diff buckets', async (req: pb.DiffRequest__Output) => {
+      const { sql } = conn(req.connection);
+      return diffBuckets(sql, req);
     }),
     Transfer: transferHandler(pools, log),
     ...safetyHandlers(pools, log, traced, undoRetentionHours),

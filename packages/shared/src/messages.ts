@@ -41,6 +41,15 @@ export const taskMessage = z.object({
   max_attempts: z.number().int().min(1).max(100).default(3),
   /** Rows the target refuses: quarantine (default), skip, or fail the task. */
   on_bad_row: z.enum(['fail', 'skip', 'quarantine']).default('quarantine'),
+  /** Diff re-sync: compare hash buckets with the target and ship only those that differ (target has rows). */
+  diff: z.boolean().default(false),
+  /** The planner's estimate of this task's rows (0 = unknown): sizes the diff buckets without a count. */
+  row_estimate: z.number().int().min(0).default(0),
+  /**
+   * Diff re-sync: columns hashed by their type's own hash function rather than their text (cheaper):
+   * the same type on both sides, and one whose equality is identity (plan/planner.ts HASHED_TYPES).
+   */
+  diff_hashed: z.array(z.string()).default([]),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

@@ -7,6 +7,7 @@ import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
+import { storeFilter, inFilter, withPinnedTextForms, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
 
 export interface ApplySpec {
   jobId: string;
@@ -18,6 +19,8 @@ export interface ApplySpec {
   method: ApplyMethod;
   mirror: boolean;
   onBadRow?: string;
+  /** Diff re-sync: this task ships only these hash buckets (apply/diff-filter.ts). */
+  diff?: TaskFilter | null;
 }
 
 export interface IncomingBatch {
@@ -54,7 +57,7 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     if (!u) return DUPLICATE;
     const table = ident(tx, spec.schema, spec.table);
     const cols = identList(tx, spec.columns);
-    if (spec.method === 'replace' && b.seq === 1) await deleteAllLogged(tx, u);
+    if (spec.method === 'replace' && b.seq === 1) await (spec.diff ? deleteBucketsLogged(tx, u, spec.diff.filter) : deleteAllLogged(tx, u));
     const keyCols = spec.key.columns;
     const rest = spec.columns.filter((c) => !keyCols.includes(c));
     const keepStage = spec.mirror && spec.method === 'upsert';
@@ -105,6 +108,7 @@ async function beginBatch(tx: Sql, spec: ApplySpec, b: IncomingBatch): Promise<U
     VALUES (${spec.jobId}, ${spec.taskId}, ${b.seq}, ${b.firstKey}, ${b.lastKey}, ${b.rows}, ${b.data.length}, ${hash})
     ON CONFLICT DO NOTHING RETURNING 1`;
   if (fresh.length === 0) return undefined;
+  if (spec.diff) await storeFilter(tx, spec.jobId, spec.taskId, spec.diff);
   const u: UndoTarget = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
   await registerUndoTable(tx, u);
   return u;
@@ -131,7 +135,7 @@ async function loadDirect(sql: Sql, spec: ApplySpec, b: IncomingBatch): Promise<
  */
 export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] | null, upperKey: string[] | null, withStage: boolean, seq?: number): Promise<number> {
   const k = spec.key;
-  const conds = [];
+  const conds: ReturnType<Sql['unsafe']>[] = [];
   if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
   if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
   if (withStage) {
@@ -143,12 +147,15 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
     }
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
-  const rows = await tx`
+  // Diff re-sync: only rows of the shipped buckets can be missing from the source.
+  if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter));
+  const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]
     FROM ${ident(tx, spec.schema, spec.table)} t
     WHERE ${conds.length ? andAll(tx, conds) : tx`true`}
     ON CONFLICT DO NOTHING`;
+  const rows = spec.diff ? await withPinnedTextForms(tx, mark) : await mark();
   return rows.count;
 }
 
@@ -159,7 +166,7 @@ export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | nu
       const tx = txAny as unknown as Sql;
       const u = { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };
       await registerUndoTable(tx, u);
-      return deleteAllLogged(tx, u);
+      return spec.diff ? deleteBucketsLogged(tx, u, spec.diff.filter) : deleteAllLogged(tx, u);
     });
   }
   if (!spec.mirror || spec.method !== 'upsert') return 0;

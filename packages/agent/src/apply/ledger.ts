@@ -1,5 +1,6 @@
 import type { Sql } from '@syncflow/shared';
 import { ensureSafetySchema } from './undo.js';
+import { ensureDiffSchema } from './diff-filter.js';
 
 /**
  * The syncflow schema on every target: the ledger that makes apply exactly-once, the keys that
@@ -28,6 +29,7 @@ export async function ensureTargetSchema(sql: Sql): Promise<void> {
       deferred_at timestamptz NOT NULL DEFAULT now(),
       PRIMARY KEY (schema_name, name))`;
     await ensureSafetySchema(tx as unknown as Sql);
+    await ensureDiffSchema(tx as unknown as Sql);
   });
 }
 

@@ -1,5 +1,6 @@
 import { ident, failedPrecondition, type Sql } from '@syncflow/shared';
 import type { ApplySpec } from './batch.js';
+import { dropFilter } from './diff-filter.js';
 
 /**
  * Starts a keyless task over on the target when its job snapshot is gone (a keyless table cannot
@@ -20,5 +21,7 @@ export async function restartTask(sql: Sql, spec: ApplySpec): Promise<void> {
     await tx`SELECT pg_advisory_xact_lock(hashtext(${spec.jobId + '/' + spec.taskId}))`;
     if (spec.method === 'copy' || spec.method === 'replace') await tx`DELETE FROM ${ident(tx, spec.schema, spec.table)}`;
     await tx`DELETE FROM syncflow.ledger WHERE job_id = ${spec.jobId} AND task_id = ${spec.taskId}`;
+    // Diff re-sync: the restarted task compares buckets again, against the table as it is now.
+    await dropFilter(tx, spec.jobId, spec.taskId);
   });
 }

@@ -166,5 +166,7 @@ export async function purgeUndo(sql: Sql, retentionHours: number): Promise<numbe
   await sql`DELETE FROM syncflow.undo_loads WHERE at < ${cut}`;
   await sql`DELETE FROM syncflow.undo_tables WHERE at < ${cut}`;
   await sql`DELETE FROM syncflow.undo_sequences WHERE at < ${cut}`;
+  // Diff re-sync bucket filters matter only while their job runs.
+  await sql`DELETE FROM syncflow.diff_filters WHERE at < ${cut}`;
   return r.count;
 }

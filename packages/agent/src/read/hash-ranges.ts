@@ -1,6 +1,6 @@
 import { ident, identList, invalidArgument, notFound, displayName, type Sql, type pb } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from './keys.js';
-import { assertSnapshotId } from './snapshot.js';
+import { useSnapshot } from './snapshot.js';
 
 // Text forms depend on session settings: pinned, so two databases configured differently hash equal data equally.
 const PINNED = ["SET LOCAL TimeZone = 'UTC'", "SET LOCAL DateStyle = 'ISO, YMD'", "SET LOCAL IntervalStyle = 'postgres'",
@@ -16,10 +16,7 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
   if (!req.columns.length) throw invalidArgument('columns are required');
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
     const tx = txAny as unknown as Sql;
-    if (req.snapshot_id) {
-      assertSnapshotId(req.snapshot_id);
-      await tx.unsafe(`SET TRANSACTION SNAPSHOT '${req.snapshot_id}'`);
-    }
+    if (req.snapshot_id) await useSnapshot(tx, req.snapshot_id);
     for (const s of PINNED) await tx.unsafe(s);
     const table = ident(tx, req.schema, req.table);
     const rowHash = tx`md5(ROW(${identList(tx, req.columns, 't')})::text)`;
@@ -69,7 +66,7 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
 }
 
 /** This database's own types of the key columns (the other side's may differ: int4 here, int8 there). */
-async function keyTypes(tx: Sql, req: pb.HashRangesRequest__Output): Promise<{ schema: string; name: string }[]> {
+export async function keyTypes(tx: Sql, req: Pick<pb.HashRangesRequest__Output, 'schema' | 'table' | 'key'>): Promise<{ schema: string; name: string }[]> {
   if (!req.key.length) return [];
   const rows = await tx<{ name: string; type_schema: string; type_name: string }[]>`
     SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name

@@ -55,3 +55,13 @@ export class SnapshotHolder {
 export function assertSnapshotId(id: string): void {
   if (!SNAPSHOT_ID.test(id)) throw invalidArgument(`snapshot id ${JSON.stringify(id)} is malformed`);
 }
+
+/**
+ * Makes a REPEATABLE READ transaction read the exported snapshot `id`. SET TRANSACTION SNAPSHOT
+ * takes a literal only: the id is checked against pg_export_snapshot's format first, the one
+ * place syncflow puts a value into SQL text.
+ */
+export async function useSnapshot(tx: { unsafe(q: string): PromiseLike<unknown> }, id: string): Promise<void> {
+  assertSnapshotId(id);
+  await tx.unsafe(`SET TRANSACTION SNAPSHOT '${id}'`);
+}

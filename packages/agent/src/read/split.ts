@@ -1,5 +1,5 @@
 import { ident, identList, quoteIdent, type Sql, type pb } from '@syncflow/shared';
-import { assertSnapshotId } from './snapshot.js';
+import { useSnapshot } from './snapshot.js';
 import { joinFragments } from './keys.js';
 
 /**
@@ -10,11 +10,7 @@ import { joinFragments } from './keys.js';
 export async function splitPoints(sql: Sql, req: pb.SplitRequest__Output): Promise<pb.SplitReply> {
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
     const tx = txAny as unknown as Sql;
-    if (req.snapshot_id) {
-      assertSnapshotId(req.snapshot_id);
-      // SET TRANSACTION SNAPSHOT takes a literal only; the id was checked against pg_export_snapshot's format.
-      await tx.unsafe(`SET TRANSACTION SNAPSHOT '${req.snapshot_id}'`);
-    }
+    if (req.snapshot_id) await useSnapshot(tx, req.snapshot_id);
     const rel = tx`to_regclass(format('%I.%I', ${req.schema}::text, ${req.table}::text))`;
     const [size] = await tx<{ blocks: string; rows: string }[]>`
       SELECT (pg_relation_size(${rel}) / current_setting('block_size')::int)::text AS blocks,

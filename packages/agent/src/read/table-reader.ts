@@ -1,7 +1,8 @@
 import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger } from '@syncflow/shared';
 import { RowBatcher, leadingFields, type CutBatch } from './copy-text.js';
 import { keyVsSettings, setKeySettings, joinFragments, type KeySpec } from './keys.js';
-import { assertSnapshotId } from './snapshot.js';
+import { assertSnapshotId, useSnapshot } from './snapshot.js';
+import { readerBucketCondition, type BucketFilter } from './buckets.js';
 
 const SNAPSHOT_GONE = 'snapshot_gone';
 
@@ -18,6 +19,8 @@ export interface ReadSpec {
   blocks: { from: number; to: number | null } | null;
   /** Target batch size, read before each chunk (the sizer may change it between batches). */
   batchBytes: number | (() => number);
+  /** Diff re-sync: only rows of these hash buckets (read/buckets.ts). */
+  buckets?: BucketFilter | null;
 }
 
 export interface ReadBatch extends CutBatch {
@@ -33,11 +36,10 @@ export interface ReadBatch extends CutBatch {
 export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b: ReadBatch) => Promise<void>): Promise<{ snapshot: 'job' | 'own' }> {
   let snapshot: 'job' | 'own' = 'job';
   if (spec.snapshotId) assertSnapshotId(spec.snapshotId);
-  const run = (useSnapshot: boolean) => sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
-    // SET TRANSACTION SNAPSHOT takes a literal only; the id was checked against pg_export_snapshot's format.
-    if (useSnapshot) {
+  const run = (withSnapshot: boolean) => sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
+    if (withSnapshot) {
       try {
-        await tx.unsafe(`SET TRANSACTION SNAPSHOT '${spec.snapshotId}'`);
+        await useSnapshot(tx, spec.snapshotId);
       } catch (e) {
         throw new SyncflowError(ErrorKind.FailedPrecondition, 'the job snapshot no longer exists', { code: SNAPSHOT_GONE, cause: e });
       }
@@ -68,6 +70,7 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
         }
       }
     }
+    if (spec.buckets) conds.push((await readerBucketCondition(tx as unknown as Sql, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits }, spec.buckets)).cond);
     const where = conds.length ? tx`WHERE ${joinFragments(tx as unknown as Sql, conds, ' AND ')}` : tx``;
     const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
     const query = tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;

@@ -6,6 +6,8 @@ export interface TransferStart {
   resumeAfter: string[] | null;
   /** Keyless tables: sha256 of each committed batch, seq 1 first. */
   committedHashes: string[];
+  /** Diff re-sync: the bucket filter stored with the task's committed batches. */
+  diff: pb.DiffFilter__Output | null;
 }
 export interface OutBatch { data: Buffer; rows: number; firstKey: (string | null)[]; lastKey: (string | null)[] }
 
@@ -47,7 +49,15 @@ export class TransferSender {
     this.#seq = Number(first.committed_seq);
     this.#final = this.#ackLoop();
     this.#final.catch(() => undefined);
-    return { committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null, committedHashes: first.committed_hashes };
+    return {
+      committedSeq: this.#seq, resumeAfter: first.resume_after?.values.length ? first.resume_after.values : null,
+      committedHashes: first.committed_hashes, diff: first.diff ?? null,
+    };
+  }
+
+  /** Diff re-sync: the buckets this task ships, before its first batch (the target bounds its marks by them). */
+  sendDiff(diff: pb.DiffFilter): void {
+    this.#call.write({ diff });
   }
 
   async send(b: OutBatch): Promise<number> {

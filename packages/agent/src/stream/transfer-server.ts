@@ -6,6 +6,7 @@ import type { Pools } from '../pools.js';
 import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
 import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledger.js';
 import { restartTask } from '../apply/restart.js';
+import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
 
@@ -66,7 +67,12 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
       pos = { seq: 0, lastKey: null };
     }
     const committedHashes = pos.seq > 0 && spec.key.columns.length === 0 ? await ledgerHashes(sql, spec.jobId, spec.taskId) : [];
-    call.write({ ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null, committed_hashes: committedHashes });
+    // Diff re-sync: a resumed task keeps the bucket filter of its committed batches.
+    const stored = await storedFilter(sql, spec.jobId, spec.taskId);
+    call.write({
+      ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null,
+      committed_hashes: committedHashes, diff: stored?.wire ?? null,
+    });
     if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
     // Mirror marks start at the range's lower end (or the last committed key) and end at its upper end.
     let prevKey = pos.lastKey ?? (header.range_after?.values.length ? header.range_after.values : null);
@@ -76,7 +82,13 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
     for (;;) {
       const { value: msg, done } = await it.next();
       if (done) throw invalidArgument('Transfer stream ended without TransferEnd');
-      if (msg.batch) {
+      if (msg.diff) {
+        if (applied || duplicates) throw invalidArgument('a bucket filter must come before the first batch');
+        spec.diff = taskFilter(msg.diff);
+        checkResume(pos.seq, stored, spec.diff ?? null);
+        tlog.info({ fine_bits: msg.diff.fine_bits }, 'diff re-sync: shipping only differing hash buckets');
+      } else if (msg.batch) {
+        if (!applied && !duplicates) checkResume(pos.seq, stored, spec.diff ?? null);
         const b = msg.batch;
         tlog.debug({ seq: b.seq, rows: b.rows, bytes: b.data.length }, 'applying batch');
         await limiter.take(Number(b.rows), b.data.length);
@@ -92,6 +104,7 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
           rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked, rows_quarantined: r.quarantined });
         if (r.quarantined) tlog.warn({ seq: b.seq, quarantined: r.quarantined }, 'rows refused by the target were quarantined');
       } else if (msg.end) {
+        if (!applied && !duplicates) checkResume(pos.seq, stored, spec.diff ?? null);
         const marked = await applyEnd(sql, spec, prevKey, upto, batches);
         span.setAttribute('syncflow.batches', applied);
         tlog.info({ batches: applied, duplicates, marked_at_end: marked }, 'task applied on the target');

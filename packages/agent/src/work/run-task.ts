@@ -5,10 +5,11 @@ import {
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { readTable } from '../read/table-reader.js';
-import { SNAPSHOT_ID } from '../read/snapshot.js';
+import { SNAPSHOT_ID, useSnapshot } from '../read/snapshot.js';
 import { TransferSender, type TransferStart } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
+import { decideDiff, diffSummary } from './diff-plan.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -32,8 +33,7 @@ async function snapshotAlive(sql: Sql, id: string): Promise<boolean> {
   if (!id || !SNAPSHOT_ID.test(id)) return false;
   try {
     await sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
-      // A literal only (checked against pg_export_snapshot's format above).
-      await tx.unsafe(`SET TRANSACTION SNAPSHOT '${id}'`);
+      await useSnapshot(tx, id);
     });
     return true;
   } catch {
@@ -117,15 +117,20 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         if (start.committedHashes.length !== start.committedSeq) start = await restartTable('the job snapshot is gone');
       }
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
+      // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
+      const diff = task.diff
+        ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && snapshotId !== '' && await snapshotAlive(sql, task.snapshot_id), tlog)
+        : null;
+      if (diff?.message) sender.sendDiff(diff.message);
 
-      const read = async (from: TransferStart, snapshotId: string) => {
+      const read = async (from: TransferStart, snapshotId: string, buckets: NonNullable<typeof diff>['filter'] | null) => {
         const committed = keyless ? from.committedSeq : 0;
         let skipped = 0;
         const readSpec = {
           schema: task.schema, table: task.table, columns: task.columns,
           key: { columns: task.key_columns, types: task.key_types }, snapshotId,
           resumeAfter: keyless ? null : from.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes,
+          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes, buckets,
         };
         const result = await readTable(sql, readSpec, tlog, async (b) => {
           if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
@@ -155,10 +160,12 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         }
         return result;
       };
-      const { snapshot } = await read(start, snapshotId).catch(async (e) => {
+      const nothingDiffers = Boolean(diff?.filter) && diff?.fineDiffering === 0;
+      const { snapshot } = await (nothingDiffers ? Promise.resolve({ snapshot: 'job' as const }) : read(start, snapshotId, diff?.filter ?? null)).catch(async (e) => {
         if (toSyncflowError(e).code !== KEYLESS_CHANGED || restarted) throw e;
+        // Started over on a new stream: the target drops the bucket filter with the rows; every row ships.
         start = await restartTable('it changed since the job snapshot, which is gone');
-        return read(start, '');
+        return read(start, '', null);
       }).catch((e) => {
         // Only the source database's own failures count against its breaker (the target agent keeps its own).
         if (!(typeof e === 'object' && e !== null && fromTarget.has(e))) source.breaker.failure(e);
@@ -169,6 +176,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
+      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes) }, `${task.task_id}:diff:${delivery}`);
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
       await emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`);

@@ -26,6 +26,8 @@ export interface SyncRequest {
   dryRun?: boolean;
   onBadRow?: 'quarantine' | 'skip' | 'fail';
   onFailure?: 'keep' | 'rollback';
+  /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off'. */
+  diff?: 'auto' | 'off';
 }
 
 /**
@@ -43,7 +45,7 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
     snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits, keepIndexes: req.keepIndexes,
-    createMissing: req.createMissing, onBadRow: req.onBadRow,
+    createMissing: req.createMissing, onBadRow: req.onBadRow, diff: req.diff,
   });
   await preflight(agents, req, planned);
   return planned;

@@ -23,6 +23,8 @@ export interface PlanInput {
   keepIndexes?: boolean;
   createMissing?: boolean;
   onBadRow?: 'fail' | 'skip' | 'quarantine';
+  /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off' (ship every row). */
+  diff?: 'auto' | 'off';
 }
 
 export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
@@ -57,6 +59,8 @@ export function planSync(input: PlanInput): Planned {
     notes.push(`FK cycle or self-reference among ${c.join(', ')}: its foreign keys are set aside on the target during the load, then restored and validated`);
   }
 
+  // hash_record_extended (typed hashing of diff re-sync) exists from PostgreSQL 14 on.
+  const typedHash = [input.source.server_version, input.target.server_version].every((v) => parseInt(v, 10) >= 14);
   const checks: pb.PlanCheck[] = [];
   const missing: { schema: string; name: string }[] = [];
   const tablePlans: pb.TablePlan[] = [];
@@ -98,6 +102,9 @@ export function planSync(input: PlanInput): Planned {
       return { schema: c.type_schema, name: c.type_name };
     });
     const ranges = partsOf(input.splits?.get(keyOf(t)), method);
+    // Diff re-sync: a target that already has rows is compared by hash buckets; only those that differ are shipped.
+    const diffTable = method !== 'copy' && input.diff !== 'off';
+    if (diffTable) tableNotes.push('the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync)');
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     if (ranges.length > 1) tableNotes.push(`cut into ${ranges.length} ${key.length ? 'key' : 'block'} ranges that load in parallel`);
     tablePlans.push({
@@ -114,7 +121,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
         },
       });
     });
@@ -166,6 +173,24 @@ function partsOf(split: TableSplit | undefined, method: ApplyMethod): { range: T
   return Array.from({ length: split.parts }, (_, j) => ({
     range: null, blocks: { from: j * step, to: j === split.parts - 1 ? null : (j + 1) * step },
   }));
+}
+
+/**
+ * Types whose equality is identity (equal values have equal text), so hashing them with their type's
+ * own hash function finds every change the text would: not float (-0 = 0), interval ('1 day' =
+ * '24 hours'), jsonb (1.0 = 1.00), text types (nondeterministic collations), nor numeric without a
+ * fixed scale. Their text output costs more than their hash (int8, numeric, timestamptz, bytea's hex).
+ */
+const HASHED_TYPES = new Set(['int2', 'int4', 'int8', 'bool', 'bytea', 'uuid', 'date', 'timestamp', 'timestamptz', 'time', 'oid']);
+
+/** Diff re-sync: the columns both sides hash by type (same type and modifier on both sides, in HASHED_TYPES). */
+function hashedColumns(t: pb.Table__Output, target: pb.Table__Output | undefined): string[] {
+  if (!target) return [];
+  return t.columns.filter((c) => {
+    const tc = target.columns.find((x) => x.name === c.name);
+    if (!tc || tc.type !== c.type || tc.type_schema !== c.type_schema || tc.type_name !== c.type_name || c.type_schema !== 'pg_catalog' || c.generated) return false;
+    return HASHED_TYPES.has(c.type_name) || (c.type_name === 'numeric' && /^numeric\(\d+,\d+\)$/.test(c.type));
+  }).map((c) => c.name);
 }
 
 function typeOf(t: pb.Table__Output, col: string) {

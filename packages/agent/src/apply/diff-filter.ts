@@ -1,0 +1,80 @@
+import { createHash } from 'node:crypto';
+import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
+import { inBuckets, withPinnedTextForms, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import type { UndoTarget } from './undo.js';
+
+/**
+ * Diff re-sync on the target: a task's bucket filter (read/buckets.ts) is stored in the
+ * transaction of each batch it ships, so every committed batch of a task was applied under one
+ * filter and a redelivered task resumes with it (the ready ack hands it back). Mirror marks and a
+ * keyless table's replace stay inside the filter's buckets: rows of equal buckets are neither
+ * shipped nor deleted.
+ */
+export async function ensureDiffSchema(tx: Sql): Promise<void> {
+  await tx`CREATE TABLE IF NOT EXISTS syncflow.diff_filters (
+    job_id uuid NOT NULL, task_id text NOT NULL,
+    fine_bits int NOT NULL, buckets bytea NOT NULL,  -- the wire form (deflated bitmap)
+    hashed text[] NOT NULL,                          -- columns hashed by their type's hash function
+    digest text NOT NULL,                            -- sha256 of the bitmap: filters compare by it
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, task_id))`;
+}
+
+type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[] };
+export interface StoredFilter { wire: WireFilter; digest: string }
+
+const digestOf = (f: BucketFilter) => `${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
+
+export async function storedFilter(sql: Sql, jobId: string, taskId: string): Promise<StoredFilter | null> {
+  const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; digest: string }[]>`
+    SELECT fine_bits, buckets, hashed, digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
+  return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets, hashed_columns: r.hashed }, digest: r.digest } : null;
+}
+
+export interface TaskFilter { filter: BucketFilter; wire: WireFilter; digest: string }
+
+export function taskFilter(wire: pb.DiffFilter__Output): TaskFilter | null {
+  const filter = unpackFilter(wire);
+  return filter ? { filter, wire, digest: digestOf(filter) } : null;
+}
+
+const mismatch = (what: string) => new SyncflowError(ErrorKind.Unavailable,
+  `diff re-sync: ${what}; the task is retried with the filter of its committed batches`, { code: 'diff_filter_mismatch', retryable: true });
+
+/** Refuses a filter that differs from the one stored with committed batches of the task (or a filter after unfiltered batches). */
+export function checkResume(committedSeq: number, stored: StoredFilter | null, f: TaskFilter | null): void {
+  if (committedSeq === 0 && !stored) return;
+  if (stored && !f) throw mismatch('batches of this task were applied with a bucket filter, this attempt has none');
+  if (!stored && f && committedSeq > 0) throw mismatch('batches of this task were applied without a bucket filter, this attempt has one');
+  if (stored && f && stored.digest !== f.digest) throw mismatch('this attempt\'s bucket filter differs from the stored one');
+}
+
+/** In a batch's transaction: stores the task's filter, or checks it against the stored one (a concurrent attempt). */
+export async function storeFilter(tx: Sql, jobId: string, taskId: string, f: TaskFilter): Promise<void> {
+  await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, hashed, digest)
+           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.digest}) ON CONFLICT DO NOTHING`;
+  const [r] = await tx<{ digest: string }[]>`SELECT digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
+  if (r?.digest !== f.digest) throw mismatch('another attempt of this task stored a different bucket filter');
+}
+
+export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promise<void> {
+  await tx`DELETE FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
+}
+
+/** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. */
+export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, alias = 't') {
+  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed }, alias, tx`${f.bitmap}::bytea`);
+}
+
+export { withPinnedTextForms };
+
+/** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
+export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilter): Promise<number> {
+  return withPinnedTextForms(tx, async () => {
+    const r = await tx`
+      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f)} RETURNING ROW(t.*)::text AS r)
+      INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
+      SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
+    return r.count;
+  });
+}

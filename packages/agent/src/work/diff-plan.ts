@@ -1,0 +1,109 @@
+import { call, grpc, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
+import { digestsOf, rowsOf, type DigestRequest } from '../read/diff-digests.js';
+import {
+  bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
+} from '../read/buckets.js';
+
+/**
+ * Above this share of differing coarse buckets, a task ships every row: the fine digests (8 bytes
+ * a row) no longer pay off against rows that almost all differ anyway.
+ */
+const MAX_DIFFERING_SHARE = 3 / 4;
+
+export interface DiffDecision {
+  /** null: ship every row. An empty bitmap: nothing differs. */
+  filter: BucketFilter | null;
+  /** One line for the job log. */
+  note: string;
+  /** Digest and filter bytes exchanged with the target agent for this decision. */
+  wireBytes: number;
+  /** The filter's wire form (sent on the Transfer stream before the first batch). */
+  message: pb.DiffFilter | null;
+  fineDiffering: number;
+  fineTotal: number;
+}
+
+const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, note, wireBytes, fineDiffering: 0, fineTotal: 0, message: null });
+
+/**
+ * Diff re-sync, the source's side: which hash buckets of this task differ between the job
+ * snapshot and the target's current state (sized from the planner's row estimate, else a count). Coarse buckets (~16 rows) first for the whole part,
+ * then fine buckets (~1 row) only inside the coarse buckets that differ; both sides hash next to
+ * their database in parallel, and only 8-byte digests cross.
+ *
+ * A resumed task (batches already committed) keeps the filter stored with those batches (the
+ * target sends it back in its ready ack), or ships every row if it had none: every committed
+ * batch of a task is applied under the same filter, so what was skipped as equal stays equal.
+ */
+export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient,
+  start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean, log: Logger): Promise<DiffDecision> {
+  if (start.committedSeq > 0) {
+    const pinned = unpackFilter(start.diff);
+    if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
+    if (pinned.hashed.join('\0') !== task.diff_hashed.join('\0')) throw new SyncflowError(ErrorKind.Internal, 'the stored bucket filter hashes other columns than this task', { code: 'diff_filter_mismatch' });
+    return describe(pinned, 0, 'diff (resumed with the stored bucket filter)');
+  }
+  // Both sides must hash the same rows the reader will read: only inside the job snapshot.
+  if (!snapshotUsable || !task.snapshot_id) return full('diff: the job snapshot is gone; every row is shipped');
+  const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
+    schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
+    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed,
+  };
+  const t0 = Date.now();
+  const rows = await rowsOf(sql, base, task.snapshot_id, task.row_estimate);
+  const tCount = Date.now();
+  const fineBits = fineBitsFor(rows);
+  const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
+  let wire = 0;
+  const both = async (coarse: Buffer | null) => {
+    const [mine, theirs] = await Promise.all([
+      digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
+      peerDigests(target, task, fineBits, coarse),
+    ]);
+    wire += theirs.digests.length + (coarse?.length ?? 0);
+    return differingSlots(mine.digests, theirs.digests);
+  };
+  const coarseDiff = await both(null);
+  const tCoarse = Date.now();
+  if (coarseDiff.length > coarseCount * MAX_DIFFERING_SHARE) {
+    return full(`diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differ; every row is shipped`, wire);
+  }
+  let fine: number[] = [];
+  if (coarseDiff.length) {
+    const slots = await both(bitmapOf(coarseCount, coarseDiff));
+    const per = 2 ** COARSE_SHIFT;
+    fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
+  }
+  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
+  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire,
+    count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
+  return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
+}
+
+function describe(filter: BucketFilter, wire: number, lead: string): DiffDecision {
+  const fineTotal = 2 ** filter.fineBits;
+  const fineDiffering = countBits(filter.bitmap);
+  const message = { ...packFilter(filter.fineBits, filter.bitmap), hashed_columns: [...filter.hashed] };
+  return {
+    filter, message, wireBytes: wire + message.buckets.length, fineDiffering, fineTotal,
+    note: `${lead}, ${fineDiffering} of ${fineTotal} fine buckets`,
+  };
+}
+
+async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null): Promise<pb.DiffReply__Output> {
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
+  return call<pb.DiffRequest, pb.DiffReply__Output>(client as unknown as grpc.Client, 'DiffBuckets', {
+    connection: { name: task.target.name, sealed_url: task.target.sealed_url },
+    schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
+    range_after: task.range?.after ? { values: task.range.after as string[] } : null,
+    range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
+    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), hashed_columns: task.diff_hashed,
+  }, { metadata: md, deadlineMs: 30 * 60_000 });
+}
+
+
+/** The job log's line per task: "diff: N of M buckets differed, R rows shipped". */
+export function diffSummary(task: TaskMessage, d: DiffDecision, rows: number, bytes: number): string {
+  return `${task.schema}.${task.table}: ${d.note}; ${rows} rows shipped (${bytes} bytes of rows, ${d.wireBytes} bytes of digests and filter)`;
+}

@@ -1,0 +1,164 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster } from '../harness/index.js';
+import { Api } from '../harness/api.js';
+import type { pb } from '../../packages/shared/src/index.js';
+
+/**
+ * Diff re-sync (issue 5): after a first sync, ~1 % of the source changes (updates, deletes and
+ * inserts spread over the keys, in FK-linked keyed tables, a table keyed by text columns and a
+ * keyless table with duplicate rows); a mirror re-sync compares hash buckets and ships only the
+ * differing ones — the target ends equal to the source by content, and only a few % of the rows
+ * cross. Also: nothing changed ships nothing; diff off ships everything; kill -9 of the target
+ * agent in the middle of a diff re-sync still ends equal.
+ */
+
+const SCHEMA = `
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, score int NOT NULL, seen timestamptz NOT NULL, photo bytea);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, amount numeric(12,2) NOT NULL, note text);
+CREATE TABLE tags (name text NOT NULL, lang text NOT NULL, label text NOT NULL, PRIMARY KEY (name, lang));
+CREATE TABLE events (at timestamptz NOT NULL, customer_id bigint, payload text NOT NULL);
+`;
+const N = { customers: 60_000, orders: 180_000, tags: 20_000, events: 80_000 };
+const TOTAL = N.customers + N.orders + N.tags + N.events;
+
+let stack: TestStack;
+let api: Api;
+let a: PgCluster;
+let b: PgCluster;
+
+beforeAll(async () => {
+  stack = await TestStack.start({ env: { SYNCFLOW_TASK_ACK_WAIT_MS: '3000', SYNCFLOW_TASK_MAX_DELIVER: '50' } });
+  api = new Api(stack.coordinatorAddress);
+  a = stack.region('a');
+  b = stack.region('b');
+  await a.createDatabase('shop');
+  await a.exec('shop', `${SCHEMA}
+INSERT INTO customers SELECT g, 'customer ' || md5(g::text), g % 1000, timestamptz '2024-01-01 00:00:00+00' + g * interval '13.123457 seconds',
+  CASE WHEN g % 5 = 0 THEN NULL ELSE decode(md5(g::text) || md5('p' || g), 'hex') END FROM generate_series(1, ${N.customers}) g;
+INSERT INTO orders SELECT g, 1 + g % ${N.customers}, (g % 100000) / 100.0, CASE WHEN g % 3 = 0 THEN NULL ELSE 'note ' || g END FROM generate_series(1, ${N.orders}) g;
+INSERT INTO tags SELECT 'tag, "' || (g / 4) || '"', (ARRAY['en','de','fr','ja'])[1 + g % 4], 'label ' || md5(g::text) FROM generate_series(0, ${N.tags - 1}) g;
+-- duplicates on purpose (g / 2): a keyless table may hold equal rows
+INSERT INTO events SELECT timestamptz '2024-01-01 00:00:00+00' + (g / 2) * interval '1 second', (g / 2) % ${N.customers}, 'event ' || (g / 2) FROM generate_series(1, ${N.events}) g;
+ANALYZE;`);
+  await b.createDatabase('shop');
+  await b.exec('shop', SCHEMA);
+  await api.call('CreateConnection', { name: 'shop-a', url: a.url('shop'), group: 'a' });
+  await api.call('CreateConnection', { name: 'shop-b', url: b.url('shop'), group: 'b' });
+}, 300_000);
+
+afterAll(async () => {
+  api?.close();
+  await stack?.stop();
+});
+
+async function sync(mode: 'SYNC_MODE_UPSERT' | 'SYNC_MODE_MIRROR', extra: object = {}): Promise<{ job: pb.Job__Output; diffLines: string[] }> {
+  const started = await api.call<pb.Job__Output>('StartSync', { from: 'shop-a', to: 'shop-b', mode, ...extra });
+  const job = await api.waitJob(started.id);
+  expect(job.state, `${job.error}\n${stack.logs().slice(-4000)}`).toBe('JOB_STATE_COMPLETED');
+  const { entries } = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+  return { job, diffLines: entries.map((e) => e.message).filter((m) => m.includes(': diff')) };
+}
+
+const same = async () => diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')));
+
+/** ~1 % of the rows, spread uniformly over the keys; returns how many rows changed. */
+async function changeOnePercent(round: number): Promise<number> {
+  let n = 0;
+  await a.sql('shop').begin(async (tx) => {
+    const run = async (q: string) => { n += (await tx.unsafe(q)).count; };
+    await run(`UPDATE customers SET score = score + 1, seen = seen + interval '1.5 microseconds' WHERE id % 100 = ${round}`);
+    // only the bytes of a bytea column (hashed by its bytes, not its text)
+    await run(`UPDATE customers SET photo = coalesce(photo, '') || '\\x00'::bytea WHERE id % 100 = ${50 + round}`);
+    await run(`UPDATE orders SET note = coalesce(note, '') || ' (edited ${round})' WHERE id % 200 = ${3 + round}`);
+    await run(`DELETE FROM orders WHERE id % 1000 = ${17 + round}`);
+    await run(`INSERT INTO customers SELECT (SELECT max(id) FROM customers) + g, 'new ' || g, 0, now(), NULL FROM generate_series(1, 300) g`);
+    await run(`INSERT INTO orders SELECT (SELECT max(id) FROM orders) + g, 1 + g, 9.99, NULL FROM generate_series(1, 600) g`);
+    // a text composite key: updates, deletes and inserts
+    await run(`UPDATE tags SET label = label || ' v${round}' WHERE md5(name || lang || '${round}') LIKE '0%' AND lang = 'de'`);
+    await run(`DELETE FROM tags WHERE md5(name || lang || '${round}') LIKE '00%'`);
+    await run(`INSERT INTO tags SELECT 'new tag ${round} ' || g, 'en', 'fresh' FROM generate_series(1, 50) g`);
+    // keyless: delete some rows (one of a duplicate pair among them), add new ones and a duplicate of an existing one
+    await run(`DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE customer_id % 97 = ${1 + round} LIMIT 300)`);
+    await run(`INSERT INTO events SELECT now(), g, 'new event ${round} ' || g FROM generate_series(1, 400) g`);
+    await run(`INSERT INTO events SELECT * FROM events WHERE payload = 'event ${1000 + round}'`);
+  });
+  return n;
+}
+
+describe('diff re-sync', () => {
+  it('loads the target first (plain COPY, no diff)', async () => {
+    const { job, diffLines } = await sync('SYNC_MODE_UPSERT');
+    expect(job.tasks.every((t) => t.method === 'APPLY_METHOD_COPY')).toBe(true);
+    expect(diffLines).toEqual([]);
+    expect(Number(job.rows)).toBe(TOTAL);
+    expect(await same()).toEqual([]);
+  });
+
+  it('after ~1 % changed, a mirror re-sync ships only differing buckets and ends equal by content', async () => {
+    const changed = await changeOnePercent(1);
+    expect(changed).toBeGreaterThan(TOTAL * 0.005);
+    const { job, diffLines } = await sync('SYNC_MODE_MIRROR');
+    expect(await same()).toEqual([]);
+    // One line per table: "diff: N of M coarse buckets differed, F of T fine buckets; R rows shipped".
+    expect(diffLines).toHaveLength(4);
+    for (const l of diffLines) expect(l).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets; \d+ rows shipped/);
+    const shipped = Number(job.rows);
+    console.log(`[diff] ${changed} rows changed; re-sync shipped ${shipped} of ${TOTAL} rows, deleted ${job.rows_deleted}\n  ${diffLines.join('\n  ')}`);
+    expect(shipped).toBeGreaterThanOrEqual(changed * 0.5); // deletes ship nothing; every update and insert ships
+    expect(shipped).toBeLessThan(TOTAL * 0.04);
+    expect(Number(job.rows_deleted)).toBeGreaterThan(0);
+  });
+
+  it('with nothing changed, ships no rows', async () => {
+    const { job, diffLines } = await sync('SYNC_MODE_MIRROR');
+    expect(Number(job.rows)).toBe(0);
+    expect(Number(job.rows_deleted)).toBe(0);
+    expect(diffLines.every((l) => l.includes('0 of'))).toBe(true);
+    expect(await same()).toEqual([]);
+  });
+
+  it('a change in a table keyed by text columns alone ships that row (upsert mode)', async () => {
+    await a.exec('shop', `UPDATE tags SET label = 'only this one' WHERE name = 'tag, "77"' AND lang = 'fr'`);
+    const { job } = await sync('SYNC_MODE_UPSERT', { tables: ['tags', 'customers'] });
+    expect(Number(job.rows)).toBeGreaterThanOrEqual(1);
+    expect(Number(job.rows)).toBeLessThanOrEqual(4);
+    expect(await same()).toEqual([]);
+  });
+
+  it('diff off ships every row', async () => {
+    const { job, diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['tags'], diff: 'off' });
+    expect(diffLines).toEqual([]);
+    expect(Number(job.rows)).toBeGreaterThan(N.tags * 0.9);
+    expect(await same()).toEqual([]);
+  });
+
+  for (const group of ['b', 'a'] as const) {
+    it(`kill -9 of the ${group === 'b' ? 'target' : 'source'} agent during a diff re-sync: the job completes and the target equals the source`, async () => {
+      await changeOnePercent(group === 'b' ? 2 : 4);
+      await changeOnePercent(group === 'b' ? 3 : 5);
+      // Small batches and a rate limit, so the re-sync is still shipping when the agent dies.
+      const started = await api.call<pb.Job__Output>('StartSync', {
+        from: 'shop-a', to: 'shop-b', mode: 'SYNC_MODE_MIRROR', batch_bytes: 64 * 1024, max_rows_per_s: 1500, max_attempts: 20,
+      });
+      await waitFor(async () => {
+        const [r] = await b.sql('shop')<{ n: number }[]>`SELECT count(*)::int AS n FROM syncflow.diff_filters WHERE job_id = ${started.id}`;
+        return r!.n >= 1;
+      }, { what: 'a stored bucket filter (a committed diff batch)', timeoutMs: 120_000, intervalMs: 50 });
+      const victim = [...stack.agents.entries()].find(([id, p]) => id.startsWith(`${group}-`) && p.running)!;
+      await victim[1].kill('SIGKILL');
+      // The rest at full speed: without its job snapshot a task that had shipped nothing ships every row.
+      await api.call('SetJobRate', { id: started.id, max_rows_per_s: 0, max_bytes_per_s: 0 });
+      await stack.startAgent(group);
+      const job = await api.waitJob(started.id, 300_000);
+      expect(job.state, `${job.error}\n${stack.logs().slice(-4000)}`).toBe('JOB_STATE_COMPLETED');
+      expect(await same()).toEqual([]);
+      const [dup] = await b.sql('shop')<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM (SELECT 1 FROM syncflow.ledger WHERE job_id = ${started.id} GROUP BY task_id, seq HAVING count(*) > 1) d`;
+      expect(dup!.n).toBe(0);
+      const { entries } = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+      console.log(`[diff] after kill -9 of agent ${victim[0]}: shipped ${job.rows} rows\n  ${entries.map((e) => e.message).filter((m) => m.includes(': diff')).join('\n  ')}`);
+      // Without its job snapshot a task that had shipped nothing ships every row (and a keyless table restarts).
+      expect(Number(job.rows)).toBeLessThan(group === 'b' ? TOTAL * 0.1 : TOTAL);
+    }, 300_000);
+  }
+});
