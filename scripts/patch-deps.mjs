@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Mends a known defect of postgres.js 3.4.9 (porsager/postgres#1208, #1154; fix proposed in #1168,
+// Mends a known defect of postgres.js 3.4.9 (and turns on TCP_NODELAY, see below) (porsager/postgres#1208, #1154; fix proposed in #1168,
 // not released): small writes are deferred with setImmediate, and when the connection closes first
 // (the database stopped or restarted mid-transaction) the deferred write runs on a null socket and
 // throws an uncatchable TypeError that kills the agent. The teardown also clears the timer without
@@ -23,6 +23,12 @@ const edits = [
   ['clearImmediate(nextWriteTimer)\n    if (socket) {', 'clearImmediate(nextWriteTimer)\n    chunk = nextWriteTimer = null\n    if (socket) {'],
   ['clearImmediate(nextWriteTimer)\n    socket.removeListener', 'clearImmediate(nextWriteTimer)\n    chunk = nextWriteTimer = null\n    socket.removeListener'],
 ];
+// TCP_NODELAY on every connection (postgres.js sets none): it writes a COPY's data and its CopyDone
+// separately, and with Nagle's algorithm the second waits for the server's delayed ACK (~40 ms on
+// Linux), twice per COPY; measured, a 200,000-row apply in 4,000-row batches took 17-20 s with Nagle
+// and 9-10 s without. Node applies setNoDelay on connect when it is called before.
+edits.push(['? (await Promise.resolve(options.socket(options)))\n        : new net.Socket()',
+  '? (await Promise.resolve(options.socket(options)))\n        : new net.Socket().setNoDelay(true)']);
 // COPY FROM STDIN streams write to the socket directly: fail the write instead of throwing.
 const copyEdits = [
   ['write(chunk, encoding, callback) {\n        socket.write(b().d().raw(chunk).end(), callback)',
@@ -39,12 +45,14 @@ if (version !== WANTED) {
 }
 for (const file of ['src/connection.js', 'cjs/src/connection.js']) {
   const path = join(pkgDir, file);
-  let text = readFileSync(path, 'utf8');
-  if (text.includes(MARK)) continue;
-  for (const [from, to] of edits) text = replaceOnce(text, from, to, file);
-  for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams
+  const before = readFileSync(path, 'utf8');
+  let text = before;
+  // Each edit once: an install patched by an older version of this script gets only what it lacks.
+  for (const [from, to] of edits) if (!text.includes(to)) text = replaceOnce(text, from, to, file);
+  for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
+  if (text === before) continue;
   writeFileSync(path, text);
-  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard)`);
+  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, TCP_NODELAY)`);
 }
 
 function replaceOnce(text, from, to, file) {

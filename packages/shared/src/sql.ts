@@ -1,4 +1,3 @@
-import net from 'node:net';
 import postgres from 'postgres';
 import { describeDatabase } from './logging.js';
 
@@ -47,28 +46,7 @@ export function createPool(url: string, opts: PoolOptions): Sql {
     types: TEXT_TYPES as never,
     transform: { undefined: null },
     fetch_types: true,
-    socket: (o: SocketTarget) => (o.path || o.host.length === 1 ? connectNoDelay(o, opts.connectTimeoutS ?? 10) : new net.Socket()),
-  } as never) as unknown as Sql;
-}
-
-interface SocketTarget { host: string[]; port: number[]; path?: string | false }
-
-/**
- * The pool's sockets, connected with TCP_NODELAY. postgres.js writes a COPY's data and its
- * CopyDone separately, and with Nagle's algorithm the second waits for the server's delayed ACK
- * (~40 ms on Linux), twice per COPY: measured, a 200,000-row apply in 4,000-row batches took 17-20 s
- * with Nagle and 9-10 s without. postgres.js takes a connected socket from the `socket` option
- * (and upgrades it to TLS itself); a URL with several hosts keeps postgres.js' own connect.
- */
-function connectNoDelay(o: SocketTarget, timeoutS: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = o.path ? net.connect({ path: o.path }) : net.connect({ host: o.host[0]!, port: o.port[0]! });
-    s.setNoDelay(true);
-    const fail = (e: Error) => { s.destroy(); reject(e); };
-    s.setTimeout(timeoutS * 1000, () => fail(Object.assign(new Error(`connect timeout after ${timeoutS} s`), { code: 'CONNECT_TIMEOUT' })));
-    s.once('error', fail);
-    s.once('connect', () => { s.setTimeout(0); s.off('error', fail); resolve(s); });
-  });
+  }) as unknown as Sql;
 }
 
 /** int8, numeric, date, timestamp, timestamptz, interval stay the server's text both ways. */
