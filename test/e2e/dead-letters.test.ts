@@ -147,6 +147,22 @@ describe('one table fails for good', () => {
     expect(badDlq.code).toBe(2);
   });
 
+  it('a job whose every table failed is `failed`; `job retry --failed` then runs them again to completion', async () => {
+    await createTarget(b, 'dst5', 'ALTER TABLE products ADD CONSTRAINT short_skus CHECK (length(sku) < 4);');
+    await api.connection('dst5', b, 'dst5', 'b');
+    const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst5', tables: ['products'], max_attempts: 1, on_bad_row: 'fail' });
+    const failed = await api.waitJob(started.id, 60_000);
+    expect(failed.state).toBe('JOB_STATE_FAILED');
+    await b.sql('dst5')`ALTER TABLE products DROP CONSTRAINT short_skus`;
+    const r = await stack.cli(['job', 'retry', started.id, '--failed']);
+    expect(r.code, r.stderr).toBe(0);
+    // The failed job's "cancelled" flag is replaced: its retried tasks are run, not dropped.
+    const done = await api.waitJob(started.id, 60_000);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    const [{ n }] = await b.sql('dst5')<{ n: number }[]>`SELECT count(*)::int AS n FROM products`;
+    expect(n).toBe(SMALL.products);
+  });
+
   it('a job past its timeout_seconds is cancelled like `job cancel`, with the reason', async () => {
     await createTarget(b, 'dst4');
     await api.connection('dst4', b, 'dst4', 'b');

@@ -85,9 +85,11 @@ export class JobFlags {
     const w = await this.kv.watch();
     (async () => {
       for await (const e of w) {
-        if (e.operation === 'PUT' && e.string() === 'cancelled') this.#cancelled.add(e.key);
-        if (e.operation === 'PUT' && e.string() === 'paused') this.#paused.add(e.key);
-        else this.#paused.delete(e.key);
+        // Every state replaces the last: a failed job (flag "cancelled") that `dlq retry` or `job retry` runs
+        // again is "running" once more, and its tasks must not be dropped as cancelled.
+        const state = e.operation === 'PUT' ? e.string() : '';
+        if (state === 'cancelled') this.#cancelled.add(e.key); else this.#cancelled.delete(e.key);
+        if (state === 'paused') this.#paused.add(e.key); else this.#paused.delete(e.key);
       }
     })().catch(() => undefined);
   }
