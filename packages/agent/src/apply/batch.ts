@@ -7,7 +7,8 @@ import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
-import { storeFilter, inFilter, withPinnedTextForms, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
+import { storeFilter, inFilter, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
+import { withPinnedTextForms } from '../read/text-forms.js';
 
 export interface ApplySpec {
   jobId: string;

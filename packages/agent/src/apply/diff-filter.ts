@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
-import { inBuckets, withPinnedTextForms, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
 
 /**
@@ -65,8 +66,6 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
 export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, alias = 't') {
   return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed }, alias, tx`${f.bitmap}::bytea`);
 }
-
-export { withPinnedTextForms };
 
 /** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
 export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilter): Promise<number> {

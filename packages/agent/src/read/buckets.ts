@@ -1,6 +1,7 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ident, identList, invalidArgument, type Sql } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from './keys.js';
+import { pinTextForms } from './text-forms.js';
 
 /**
  * Hash buckets of a table for diff re-sync, computed inside each database the same way, so only
@@ -12,38 +13,12 @@ import { keyCompare, joinFragments, type KeySpec } from './keys.js';
  * its coarse bucket is the fine bucket >> COARSE_SHIFT. A bucket's digest is a 64-bit hash of
  * (row count, exact sum of the rows' 64-bit hashes) — order-independent, and unlike an XOR it does
  * not cancel a duplicated row (keyless tables). Text forms
- * depend on session settings, so every statement that computes a bucket pins them (PINNED, the
- * same as verify's). Equal digests mean equal row multisets but for a 64-bit hash collision.
+ * depend on session settings, so every statement that computes a bucket pins them (text-forms.ts,
+ * the same as verify's). Equal digests mean equal row multisets but for a 64-bit hash collision.
  */
 export const COARSE_SHIFT = 4;
 export const MAX_FINE_BITS = 22;
 const MIN_FINE_BITS = COARSE_SHIFT;
-
-export const PINNED: readonly [string, string][] = [
-  ['TimeZone', 'UTC'], ['DateStyle', 'ISO, YMD'], ['IntervalStyle', 'postgres'], ['extra_float_digits', '1'], ['bytea_output', 'hex'],
-];
-
-/** Pins the text-form settings for the rest of the transaction. */
-export async function pinTextForms(tx: Sql): Promise<void> {
-  for (const [name, value] of PINNED) await tx`SELECT set_config(${name}, ${value}, true)`;
-}
-
-/**
- * Runs `fn` with the text forms pinned, then puts the transaction's earlier values back (the batch
- * transaction on the target parses COPY text with the session's own settings).
- */
-export async function withPinnedTextForms<T>(tx: Sql, fn: () => Promise<T>): Promise<T> {
-  const [before] = await tx<Record<string, string>[]>`
-    SELECT current_setting('TimeZone') AS a, current_setting('DateStyle') AS b, current_setting('IntervalStyle') AS c,
-           current_setting('extra_float_digits') AS d, current_setting('bytea_output') AS e`;
-  await pinTextForms(tx);
-  try {
-    return await fn();
-  } finally {
-    const old = [before!.a, before!.b, before!.c, before!.d, before!.e];
-    for (let i = 0; i < PINNED.length; i++) await tx`SELECT set_config(${PINNED[i]![0]}, ${old[i]!}, true)`;
-  }
-}
 
 /** Fine bits for a table part of `rows` rows: about one row per fine bucket. */
 export function fineBitsFor(rows: number): number {

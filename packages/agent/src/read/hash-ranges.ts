@@ -1,10 +1,7 @@
 import { ident, identList, invalidArgument, notFound, displayName, type Sql, type pb } from '@syncflow/shared';
 import { keyCompare, joinFragments, type KeySpec } from './keys.js';
 import { useSnapshot } from './snapshot.js';
-
-// Text forms depend on session settings: pinned, so two databases configured differently hash equal data equally.
-const PINNED = ["SET LOCAL TimeZone = 'UTC'", "SET LOCAL DateStyle = 'ISO, YMD'", "SET LOCAL IntervalStyle = 'postgres'",
-  'SET LOCAL extra_float_digits = 1', "SET LOCAL bytea_output = 'hex'"];
+import { pinTextForms } from './text-forms.js';
 
 /**
  * Hashes of a table for verify and dry run, computed inside the database (only counts and md5s
@@ -17,7 +14,7 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
     const tx = txAny as unknown as Sql;
     if (req.snapshot_id) await useSnapshot(tx, req.snapshot_id);
-    for (const s of PINNED) await tx.unsafe(s);
+    await pinTextForms(tx);
     const table = ident(tx, req.schema, req.table);
     const rowHash = tx`md5(ROW(${identList(tx, req.columns, 't')})::text)`;
     const key: KeySpec = { columns: req.key.map((k) => k.name), types: await keyTypes(tx, req) };

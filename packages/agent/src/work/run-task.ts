@@ -117,15 +117,17 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       // A keyless table resumes by reading its committed batches again and skipping them. In the job
       // snapshot they are the same batches; in a new one (the snapshot's agent died) each must hash
       // equal to the ledger's, or the table changed since and is started over.
+      let alive: Promise<boolean> | undefined; // asked once, by whichever needs it first
+      const jobSnapshotAlive = () => (alive ??= snapshotAlive(sql, task.snapshot_id));
       let snapshotId = task.snapshot_id;
-      if (keyless && start.committedSeq > 0 && !(await snapshotAlive(sql, task.snapshot_id))) {
+      if (keyless && start.committedSeq > 0 && !(await jobSnapshotAlive())) {
         snapshotId = '';
         if (start.committedHashes.length !== start.committedSeq) start = await restartTable('the job snapshot is gone');
       }
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
       const diff = task.diff
-        ? await decideDiff(task, sql, deps.clients.get(target.address), start, !restarted && snapshotId !== '' && await snapshotAlive(sql, task.snapshot_id), tlog)
+        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog)
         : null;
       if (diff?.message) sender.sendDiff(diff.message);
 
