@@ -22,25 +22,42 @@ CHINOOK=$ROOT/../shared/datasets/chinook.sql
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
+# The clusters' data directories: under $DEMO, or (as root, when the postgres OS user cannot reach
+# this checkout, e.g. a clone inside a 0700 `mktemp -d`) in a directory of its own under /tmp; the
+# path is kept in $DEMO/pgroot so a later run finds what an earlier one left.
+PGROOT=$DEMO
+stop_clusters() { for r in a b; do [ -d "$PGROOT/pg-$r" ] && as_pg "$PGBIN/pg_ctl" -D "$PGROOT/pg-$r" -m "$1" stop >/dev/null 2>&1 || true; done; }
+
 cleanup() {
   if [ "$KEEP" = 0 ]; then
     node packages/cli/dist/main.js local down --state-dir "$DEMO/local" >/dev/null 2>&1 || true
-    for r in a b; do [ -d "$DEMO/pg-$r" ] && as_pg "$PGBIN/pg_ctl" -D "$DEMO/pg-$r" -m fast stop >/dev/null 2>&1 || true; done
+    stop_clusters fast
   fi
 }
 trap cleanup EXIT
 
 # A previous run left things behind: stop them and start clean.
 node packages/cli/dist/main.js local down --state-dir "$DEMO/local" >/dev/null 2>&1 || true
-for r in a b; do [ -d "$DEMO/pg-$r" ] && as_pg "$PGBIN/pg_ctl" -D "$DEMO/pg-$r" -m immediate stop >/dev/null 2>&1 || true; done
+[ -f "$DEMO/pgroot" ] && PGROOT=$(cat "$DEMO/pgroot")
+stop_clusters immediate
+[ "$PGROOT" != "$DEMO" ] && rm -rf "$PGROOT"
 rm -rf "$DEMO"; mkdir -p "$DEMO"
-[ "$(id -u)" = 0 ] && chown postgres "$DEMO"
+PGROOT=$DEMO
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$DEMO"
+  if ! runuser -u postgres -- test -w "$DEMO"; then
+    PGROOT=$(mktemp -d /tmp/syncflow-demo-pg.XXXXXX)
+    chown postgres "$PGROOT"
+    echo "demo: the postgres OS user cannot reach $DEMO; the clusters live in $PGROOT"
+  fi
+fi
+echo "$PGROOT" > "$DEMO/pgroot"
 
 declare -A PORT
 for r in a b; do
   PORT[$r]=$(free_port)
-  as_pg "$PGBIN/initdb" -D "$DEMO/pg-$r" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-  as_pg "$PGBIN/pg_ctl" -D "$DEMO/pg-$r" -l "$DEMO/pg-$r/log" -w -o "-p ${PORT[$r]} -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DEMO/pg-$r -c wal_level=logical" start >/dev/null
+  as_pg "$PGBIN/initdb" -D "$PGROOT/pg-$r" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$PGROOT/pg-$r" -l "$PGROOT/pg-$r/log" -w -o "-p ${PORT[$r]} -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGROOT/pg-$r -c wal_level=logical" start >/dev/null
   echo "region $r: PostgreSQL on 127.0.0.1:${PORT[$r]}"
 done
 URL_A="postgres://postgres@127.0.0.1:${PORT[a]}/chinook"
