@@ -4,7 +4,7 @@
 // hashes of every table, indexes and constraints). Not part of `npm test` (vitest.config.ts excludes
 // test/bench/**): bench/vitest.bench.config.ts runs it. Env: BENCH_SCALE (default 1), BENCH_METHODS
 // (comma-separated subset of the method ids below), BENCH_CPU_PROF=1 (agents write V8 CPU profiles
-// to bench/results/profiles/; skews timings, so use it in a separate run).
+// to bench/results/profiles/; skews timings, so use it in a separate run), BENCH_AGENT_NODE_OPTIONS (node flags for the agents).
 import { afterAll, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { TestStack, databaseHashes, diffHashes, repoRoot, type PgCluster, type TableHash } from '../harness/index.js';
@@ -114,8 +114,14 @@ it(`bench at scale ${scale}`, async () => {
     if (!keep) await b.sql().unsafe(`DROP DATABASE IF EXISTS ${toDb} WITH (FORCE)`).catch(() => {});
   };
 
-  const profEnv = (run: string): Record<string, string> =>
-    profile ? { NODE_OPTIONS: `--require ${join(repoRoot, 'test', 'bench', 'cpu-prof.cjs')}`, BENCH_CPU_PROF_DIR: join(repoRoot, 'bench', 'results', 'profiles', run) } : {};
+  // BENCH_AGENT_NODE_OPTIONS: node flags for the agents only (e.g. --trace-gc, GC sizing experiments).
+  const profEnv = (run: string): Record<string, string> => {
+    const nodeOptions = [process.env.BENCH_AGENT_NODE_OPTIONS ?? '', profile ? `--require ${join(repoRoot, 'test', 'bench', 'cpu-prof.cjs')}` : ''].filter(Boolean).join(' ');
+    return {
+      ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
+      ...(profile ? { BENCH_CPU_PROF_DIR: join(repoRoot, 'bench', 'results', 'profiles', run) } : {}),
+    };
+  };
 
   if (wanted('pgcopydb') && !pgcopydbVersion) {
     report.results.push({ method: 'pgcopydb clone', wall_s: null, rows: totalRows, bytes: tableBytes, wan_bytes: null, peak_rss_mb: {}, cpu_s: {}, ratio_to_pgcopydb: null, verified: false, notes: [], error: 'pgcopydb is not installed (apt-get install pgcopydb)' });
