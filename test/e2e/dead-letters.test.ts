@@ -8,9 +8,10 @@ import type { pb } from '../../packages/shared/src/index.js';
 
 /**
  * Per-table recovery and dead letters: one table fails for good (a CHECK constraint only the target
- * has refuses some of its rows: a data error, not retryable); the other tables still sync, its FK
- * child is blocked, the job ends completed_with_errors, the dead letter is listed, alerted (signed
- * webhook, metric, error log) and, once the cause is fixed, retried to completion.
+ * has refuses some of its rows: a data error, not retryable); the other tables still sync (its FK
+ * child, loaded into an empty table, does not wait for it: the child's foreign key comes back NOT
+ * VALID and is validated after the retry), the job ends completed_with_errors, the dead letter is
+ * listed, alerted (signed webhook, metric, error log) and, once the cause is fixed, retried to completion.
  */
 
 const SECRET = 'webhook-secret-for-tests';
@@ -61,12 +62,12 @@ const validSignature = (body: string, sig: string) => {
   return sig.length === want.length && timingSafeEqual(Buffer.from(sig), want);
 };
 
-async function failingJob(db: string): Promise<pb.Job__Output> {
+async function failingJob(db: string, extra: Record<string, unknown> = {}): Promise<pb.Job__Output> {
   // 10% of orders have total >= 900: the target refuses them (SQLSTATE 23514, not retryable).
   await createTarget(b, db, 'ALTER TABLE orders ADD CONSTRAINT small_totals CHECK (total < 900);');
   await api.connection(db, b, db, 'b');
   const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: 64 * 1024, max_attempts: 2,
-    on_bad_row: 'fail' }); // the refused rows must fail the table (quarantine is the default)
+    on_bad_row: 'fail', ...extra }); // the refused rows must fail the table (quarantine is the default)
   try {
     return await api.waitJob(started.id, 60_000);
   } catch (e) {
@@ -79,17 +80,21 @@ async function failingJob(db: string): Promise<pb.Job__Output> {
 const stateOf = (job: pb.Job__Output, table: string) => job.tasks.find((t) => t.table === table)?.state;
 
 describe('one table fails for good', () => {
-  it('the others finish, its child is blocked, the job ends completed_with_errors, the dead letter is alerted and retried', async () => {
+  it('the others finish, its child\'s foreign key waits NOT VALID, the job ends completed_with_errors, the dead letter is alerted and retried', async () => {
     const job = await failingJob('dst1');
     expect(job.state, stack.logs()).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
     expect(stateOf(job, 'orders')).toBe('TASK_STATE_FAILED');
-    expect(stateOf(job, 'items')).toBe('TASK_STATE_BLOCKED');
-    for (const t of ['customers', 'products', 'events']) expect(stateOf(job, t)).toBe('TASK_STATE_DONE');
-    expect(job.tasks.find((t) => t.table === 'items')!.error).toMatch(/blocked: parent table public\.orders failed/);
+    // items is loaded into an empty table with its foreign keys set aside: it does not wait for orders,
+    // so it is done; its foreign key to the failed orders comes back NOT VALID (guarding new rows), and
+    // is validated once orders is synced.
+    for (const t of ['customers', 'products', 'events', 'items']) expect(stateOf(job, t)).toBe('TASK_STATE_DONE');
     const dst = b.sql('dst1');
     const src = a.sql('src');
     const [{ n }] = await dst<{ n: number }[]>`SELECT count(*)::int AS n FROM customers`;
     expect(n).toBe(SMALL.customers);
+    const fk = async () => (await dst<{ valid: boolean }[]>`SELECT convalidated AS valid FROM pg_constraint WHERE conname = 'items_order_id_fkey'`).map((r) => r.valid);
+    expect(await fk()).toEqual([false]);
+    expect((await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id })).entries.map((e) => e.message).join('\n')).toMatch(/1 foreign key\(s\) back NOT VALID until their parent table is synced/);
 
     // Listed over gRPC through the CLI, with the error and the task's history.
     const list = await stack.cli(['dlq', 'list', '--job', job.id, '--json']);
@@ -120,6 +125,7 @@ describe('one table fails for good', () => {
     const done = await api.waitJob(job.id, 120_000);
     expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
     expect(await expectSame(src, dst)).toEqual({ diff: [], duplicates: 0 });
+    expect(await fk()).toEqual([true]);
     const again = await stack.cli(['dlq', 'list', '--job', job.id, '--json']);
     expect((JSON.parse(again.stdout) as pb.ListDeadLettersResponse__Output).dead_letters).toHaveLength(0);
     const logs = await stack.cli(['job', 'logs', job.id]);
@@ -128,9 +134,12 @@ describe('one table fails for good', () => {
     expect(logs.stdout).toMatch(/job completed with errors/);
   });
 
-  it('`job retry --failed` re-runs only what failed', async () => {
-    const job = await failingJob('dst2');
+  it('`job retry --failed` re-runs only what failed; with keep_indexes the child of a failed table is blocked, then run', async () => {
+    // keep_indexes: the foreign keys stay in place, so FK levels order the load and items must wait for orders.
+    const job = await failingJob('dst2', { keep_indexes: true });
     expect(job.state).toBe('JOB_STATE_COMPLETED_WITH_ERRORS');
+    expect(stateOf(job, 'items')).toBe('TASK_STATE_BLOCKED');
+    expect(job.tasks.find((t) => t.table === 'items')!.error).toMatch(/blocked: parent table public\.orders failed/);
     const doneBefore = job.tasks.filter((t) => t.state === 'TASK_STATE_DONE').map((t) => [t.id, t.finished_at]);
     await b.sql('dst2')`ALTER TABLE orders DROP CONSTRAINT small_totals`;
     const r = await stack.cli(['job', 'retry', job.id, '--failed']);

@@ -67,8 +67,8 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     rowsDeleted += r;
   }
   // Indexes first: validating the foreign keys then reads through them.
-  const indexesRestored = await restoreIndexes(sql, req.job_id, INDEX_JOBS, log);
-  const restored = await restoreConstraints(sql, req.job_id, log);
+  const indexesRestored = await restoreIndexes(sql, req.job_id, PARALLEL_JOBS, log);
+  const { restored, held } = await restoreConstraints(sql, req.job_id, log, req.unfinished);
   let sequencesSet = 0;
   for (const s of req.sequences) {
     await rememberSequence(sql, req.job_id, s.schema, s.name);
@@ -78,7 +78,7 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     if (r?.ok) sequencesSet++;
     else log.warn({ sequence: `${s.schema}.${s.name}` }, 'sequence missing on the target; not set');
   }
-  return { rows_deleted: rowsDeleted, constraints_restored: restored, constraints_deferred: 0, sequences_set: sequencesSet, indexes_restored: indexesRestored };
+  return { rows_deleted: rowsDeleted, constraints_restored: restored, constraints_held: held, constraints_deferred: 0, sequences_set: sequencesSet, indexes_restored: indexesRestored };
 }
 
 /** The target's own FK constraints of the given tables (their child side). */
@@ -93,8 +93,8 @@ async function foreignKeysOf(sql: Sql, tables: pb.TableRef__Output[]): Promise<p
   return [...rows];
 }
 
-/** Indexes rebuilt at once at the end of a load (each CREATE INDEX uses one connection of the pool). */
-const INDEX_JOBS = 2;
+/** Indexes rebuilt, and foreign keys validated, at once at the end of a load (each on one connection of the pool). */
+const PARALLEL_JOBS = 2;
 
 /** The sequence's value before the job sets it, once per job, so a rollback can set it back. */
 async function rememberSequence(sql: Sql, jobId: string, schema: string, name: string): Promise<void> {
@@ -111,34 +111,66 @@ function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: 
   return sql`(${joinFragments(sql, cols)}) = (${joinFragments(sql, casts)})`;
 }
 
-/** Re-creates every constraint this job set aside. */
-export async function restoreConstraints(sql: Sql, jobId: string, log: Logger): Promise<number> {
+/**
+ * Re-creates every constraint this job set aside: added NOT VALID (it guards new rows at once), then
+ * validated, two at a time. One that references an `unfinished` table and that the rows do not
+ * satisfy (rows loaded into its table reference parent rows that have not arrived) is held: left
+ * NOT VALID and kept in syncflow.deferred_constraints, so the finalize after a `job retry` validates it.
+ */
+export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, unfinished: readonly pb.TableRef__Output[] = []): Promise<{ restored: number; held: number }> {
   const rows = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
     SELECT schema_name, table_name, name, definition FROM syncflow.deferred_constraints WHERE job_id = ${jobId} ORDER BY deferred_at, name`;
-  let n = 0;
+  const added: { c: typeof rows[number]; parent: string | null }[] = [];
   for (const c of rows) {
-    const table = ident(sql, c.schema_name, c.table_name);
-    await sql.begin(async (txAny) => {
+    added.push(await sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       const exists = await tx`SELECT 1 FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
                                WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
       // The definition is pg_get_constraintdef() output read from this same database: DDL text, not user input.
-      if (exists.length === 0) await tx`ALTER TABLE ${table} ADD CONSTRAINT ${ident(tx, c.name)} ${tx.unsafe(c.definition)} NOT VALID`;
-      await tx`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
-    });
-    try {
-      await sql`ALTER TABLE ${table} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
-    } catch (e) {
-      throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but existing rows violate it`);
-    }
-    const [now] = await sql<{ d: string }[]>`
-      SELECT pg_get_constraintdef(co.oid) AS d FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
-      WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
-    if (now?.d !== c.definition) {
-      throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
-    }
-    log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
-    n++;
+      if (exists.length === 0) await tx`ALTER TABLE ${ident(tx, c.schema_name, c.table_name)} ADD CONSTRAINT ${ident(tx, c.name)} ${tx.unsafe(c.definition)} NOT VALID`;
+      const [p] = await tx<{ schema: string; name: string }[]>`
+        SELECT pn.nspname AS schema, p.relname AS name
+        FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
+        JOIN pg_class p ON p.oid = co.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+        WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
+      const parent = p && unfinished.some((u) => u.schema === p.schema && u.name === p.name) ? `${p.schema}.${p.name}` : null;
+      // Forgotten once back, unless it may have to wait for its parent.
+      if (!parent) await forget(tx, c);
+      return { c, parent };
+    }));
   }
-  return n;
+  let restored = 0;
+  let held = 0;
+  let next = 0;
+  // Validation reads both tables whole: two at a time (one per core), each on its own connection.
+  const worker = async () => {
+    while (next < added.length) {
+      const { c, parent } = added[next++]!;
+      try {
+        await sql`ALTER TABLE ${ident(sql, c.schema_name, c.table_name)} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
+      } catch (e) {
+        if (parent && (e as { code?: string }).code === '23503') {
+          log.warn({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name, parent }, 'foreign key back NOT VALID; validated once its parent table is synced');
+          held++;
+          continue;
+        }
+        throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but existing rows violate it`);
+      }
+      if (parent) await forget(sql, c);
+      const [now] = await sql<{ d: string }[]>`
+        SELECT pg_get_constraintdef(co.oid) AS d FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
+        WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
+      if (now?.d !== c.definition) {
+        throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
+      }
+      log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
+      restored++;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL_JOBS, added.length) }, worker));
+  return { restored, held };
+}
+
+async function forget(sql: Sql, c: { schema_name: string; table_name: string; name: string }): Promise<void> {
+  await sql`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
 }

@@ -51,7 +51,13 @@ export function planSync(input: PlanInput): Planned {
   const selected = selectTables(input.source.tables, input.tables);
   const targetByKey = new Map(input.target.tables.map((t) => [keyOf(t), t]));
 
-  const edges: FkEdge[] = selected.flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
+  // An empty target table loaded with its foreign keys set aside (the default) need not wait for its
+  // parents: its FK edges do not order the load, they are checked once after it. Its tasks run beside
+  // its parents' (no level tail leaves a core idle); should a parent fail, its foreign key comes back
+  // NOT VALID when the loaded rows need parent rows still missing, validated after `job retry` (FinalizeTargetRequest.unfinished).
+  const loadFree = new Set(input.keepIndexes ? [] : selected.filter((t) => targetByKey.get(keyOf(t))?.has_rows === false).map(keyOf));
+  const edges: FkEdge[] = selected.filter((t) => !loadFree.has(keyOf(t)))
+    .flatMap((t) => t.foreign_keys.map((fk) => ({ from: keyOf(t), to: `${fk.ref_schema}.${fk.ref_table}`, name: fk.name })));
   const levels = orderLevels(selected.map(keyOf), edges);
   const selectedKeys = new Set(selected.map(keyOf));
   const notes: string[] = [];

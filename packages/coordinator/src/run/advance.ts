@@ -8,7 +8,7 @@ import { publishTask } from '../assign/publish.js';
 import type { DeadLetterStore } from '../store/dead-letters.js';
 import type { Metrics } from '../alerts/metrics.js';
 import type { Alerts } from '../alerts/webhook.js';
-import { blockedTasks, safeDeleteOrder } from './recovery.js';
+import { blockedTasks, safeDeleteOrder, unfinishedTables } from './recovery.js';
 import { rollbackOnFailure } from './rollback.js';
 import { reportJobEnd } from './report.js';
 
@@ -108,9 +108,11 @@ export class JobRunner {
       const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'FinalizeTarget', {
         job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url },
         delete_order: withErrors ? safeDeleteOrder(job.plan, tasks) : job.plan.deleteOrder, sequences: job.plan.sequences, post_ddl: job.plan.postDdl ?? [],
+        unfinished: unfinishedTables(tasks),
       }, 30 * 60_000);
       await this.d.jobs.setFinalized(job.id, Number(reply.rows_deleted));
-      await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored, ${reply.sequences_set} sequence(s) set`);
+      const held = reply.constraints_held ? `, ${reply.constraints_held} foreign key(s) back NOT VALID until their parent table is synced (job retry)` : '';
+      await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored${held}, ${reply.sequences_set} sequence(s) set`);
     }
     await this.#releaseSnapshot(job);
     if (withErrors) {
@@ -172,7 +174,8 @@ export class JobRunner {
     if (job.plan.deferred.length === 0 && !job.plan.loadTables?.length) return;
     try {
       const to = await this.d.connections.get(job.to_conn);
-      await this.d.agents.call(to.agent_group, 'FinalizeTarget', { job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, delete_order: [], sequences: [] });
+      const unfinished = unfinishedTables(await this.d.jobs.tasks(job.id));
+      await this.d.agents.call(to.agent_group, 'FinalizeTarget', { job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, delete_order: [], sequences: [], unfinished });
     } catch (e) {
       const err = toSyncflowError(e);
       await this.d.jobs.log(job.id, null, 'error', `could not restore set-aside constraints yet: ${scrubSecrets(err.message)} (they are kept in syncflow.deferred_constraints on the target)`);

@@ -23,11 +23,16 @@ export async function retryTasks(d: RunnerDeps, runner: JobRunner, jobId: string
   await d.deadLetters.markTasksRetried(ids);
   if (job.state !== 'running') {
     await d.deadLetters.reopen(jobId);
-    if (job.plan.deferred.length) {
-      // The first end put set-aside constraints back; a cycle's tables need them aside again to load.
+    // The first end put set-aside constraints and indexes back; a cycle's tables need their constraints
+    // aside again to load, and a retried table loaded by COPY its foreign keys (they no longer order
+    // the load: a held one would refuse rows whose parent is retried beside it) and indexes.
+    const tasks = await d.jobs.tasks(jobId);
+    const retried = new Set(tasks.filter((t) => ids.includes(t.id)).map((t) => `${t.schema_name}.${t.table_name}`));
+    const reload = (job.plan.loadTables ?? []).filter((t) => retried.has(`${t.schema}.${t.name}`));
+    if (job.plan.deferred.length || reload.length) {
       const to = await d.connections.get(job.to_conn);
       try {
-        await d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred });
+        await d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred, defer_index_tables: reload });
       } catch (e) {
         throw toSyncflowError(e, 'preparing the target again');
       }

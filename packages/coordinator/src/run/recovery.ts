@@ -50,6 +50,13 @@ export function safeDeleteOrder(plan: PlanRecord, tasks: TaskRow[]): PlanRecord[
   return plan.deleteOrder.filter((t) => !heldBack.has(keyOf(t.schema, t.name)));
 }
 
+/** Tables with a part not done (failed, blocked, cancelled, or still open): once each. */
+export function unfinishedTables(tasks: TaskRow[]): { schema: string; name: string }[] {
+  const keys = new Set(tasks.filter((t) => t.state !== 'done').map((t) => keyOf(t.schema_name, t.table_name)));
+  return tasks.filter((t, i) => keys.has(keyOf(t.schema_name, t.table_name)) && tasks.findIndex((x) => x.schema_name === t.schema_name && x.table_name === t.table_name) === i)
+    .map((t) => ({ schema: t.schema_name, name: t.table_name }));
+}
+
 /**
  * A task failed for good: into the dead-letter stream (with its error and history) and the
  * control DB, then an alert (error log line, metric, webhook). Idempotent: a redelivered event

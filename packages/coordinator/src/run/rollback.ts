@@ -2,11 +2,12 @@ import { isTerminalJob, failedPrecondition, scrubSecrets, toSyncflowError, type 
 import type { RunnerDeps } from './advance.js';
 import type { JobRow } from '../store/jobs.js';
 import { SafetyStore } from '../store/safety.js';
+import { orderLevels } from '../plan/graph.js';
 
 /**
  * Rolls a finished or failed job back on its target: the target agent replays the job's undo log
  * in one transaction (refusing, unless forced, when rows it wrote were changed since). The order
- * of the job's tables, parents first, comes from the plan's FK levels.
+ * of the job's tables, parents first, comes from their foreign keys.
  */
 export async function rollbackJob(d: RunnerDeps, id: string, force: boolean): Promise<pb.RollbackResult> {
   const job = await d.jobs.get(id);
@@ -15,8 +16,13 @@ export async function rollbackJob(d: RunnerDeps, id: string, force: boolean): Pr
   const prev = await safety.rolledBack(id);
   if (prev.at) throw failedPrecondition(`job ${id} was already rolled back (at ${prev.at})`, 'already_rolled_back');
   const to = await d.connections.get(job.to_conn);
-  const order = [...(job.plan.tables as pb.TablePlan[])]
-    .sort((a, b) => Number(a.level) - Number(b.level))
+  // Parents first by the foreign keys themselves, not by the load's levels: a table loaded with its
+  // foreign keys set aside shares a level with its parents.
+  const tables = job.plan.tables as pb.TablePlan[];
+  const keyOf = (t: pb.TablePlan) => `${t.schema}.${t.name}`;
+  const fk = orderLevels(tables.map(keyOf), tables.flatMap((t) => (t.depends_on ?? []).map((to) => ({ from: keyOf(t), to, name: '' }))));
+  const order = [...tables]
+    .sort((a, b) => fk.level.get(keyOf(a))! - fk.level.get(keyOf(b))!)
     .map((t) => ({ schema: t.schema, name: t.name, key: [] }));
   const reply = await d.agents.call<pb.RollbackReply__Output>(to.agent_group, 'RollbackJob', {
     job_id: id, connection: { name: to.name, sealed_url: to.sealed_url }, force, order,
