@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Mends a known defect of postgres.js 3.4.9 (and turns on TCP_NODELAY and coalesces COPY output, see below) (porsager/postgres#1208, #1154; fix proposed in #1168,
+// Mends a known defect of postgres.js 3.4.9 (and turns on TCP_NODELAY and saves copies in COPY, see below) (porsager/postgres#1208, #1154; fix proposed in #1168,
 // not released): small writes are deferred with setImmediate, and when the connection closes first
 // (the database stopped or restarted mid-transaction) the deferred write runs on a null socket and
 // throws an uncatchable TypeError that kills the agent. The teardown also clears the timer without
@@ -130,6 +130,23 @@ edits.push([`  function data(x) {
   }
 `]);
 
+// COPY FROM STDIN: each chunk went through the message builder, which copies it into a new Buffer
+// (Buffer.concat) behind its 5-byte header: one more copy and allocation of every byte the target
+// agent loads. The header and the chunk are written together instead (cork: one writev).
+copyEdits.push(['socket.write(b().d().raw(chunk).end(), callback)', 'copyDataWrite(chunk, callback)']);
+edits.push(['  function CopyInResponse() {', `  /* syncflow: copy-in without a copy */
+  function copyDataWrite(chunk, callback) {
+    const header = Buffer.allocUnsafe(5)
+    header[0] = 100
+    header.writeUInt32BE(chunk.length + 4, 1)
+    socket.cork()
+    socket.write(header)
+    socket.write(chunk, callback)
+    socket.uncork()
+  }
+
+  function CopyInResponse() {`]);
+
 if (!existsSync(pkgDir)) process.exit(0); // not installed (yet)
 const version = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')).version;
 if (version !== WANTED) {
@@ -145,7 +162,7 @@ for (const file of ['src/connection.js', 'cjs/src/connection.js']) {
   for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
   if (text === before) continue;
   writeFileSync(path, text);
-  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, TCP_NODELAY, COPY-out coalescing)`);
+  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, TCP_NODELAY, COPY in/out without per-row or per-chunk copies)`);
 }
 
 function replaceOnce(text, from, to, file) {
