@@ -6,7 +6,7 @@ import type { pb } from '../../packages/shared/src/index.js';
 /**
  * Initial loads travel as binary COPY where the types allow (built-in types, the same on both
  * sides, keys the agent can print): bytea as bytes instead of hex. A user type (enum) or a key the
- * agent cannot print (timestamptz) keeps COPY text. A row the target refuses in a binary load is
+ * agent cannot print (timestamptz) keeps COPY text, as does a regclass (binary: the OID). A row the target refuses in a binary load is
  * still found and quarantined with its SQLSTATE (the target turns the batch into COPY text itself).
  */
 let stack: TestStack;
@@ -22,7 +22,8 @@ const SCHEMA = `
   CREATE TABLE pairs (a int2, b varchar(20), v bytea, PRIMARY KEY (a, b));
   CREATE TABLE heap (x int, y bytea);
   CREATE TABLE moods (id int PRIMARY KEY, m mood);
-  CREATE TABLE events (at timestamptz PRIMARY KEY, v int);`;
+  CREATE TABLE events (at timestamptz PRIMARY KEY, v int);
+  CREATE TABLE refs (id int PRIMARY KEY, r regclass);`;
 
 const DATA = `
   INSERT INTO blobs SELECT g, CASE WHEN g % 11 = 0 THEN NULL ELSE decode(repeat(md5(g::text), 40), 'hex') END,
@@ -38,7 +39,8 @@ const DATA = `
   INSERT INTO pairs SELECT (g % 200) - 100, 'k ' || g || ' 東京', decode(md5(g::text), 'hex') FROM generate_series(1, 4000) g;
   INSERT INTO heap SELECT g % 50, CASE WHEN g % 9 = 0 THEN NULL ELSE decode(repeat(md5(g::text), 8), 'hex') END FROM generate_series(1, 3000) g;
   INSERT INTO moods SELECT g, (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::mood FROM generate_series(1, 500) g;
-  INSERT INTO events SELECT timestamptz '2024-01-01' + g * interval '1.5 second', g FROM generate_series(1, 500) g;`;
+  INSERT INTO events SELECT timestamptz '2024-01-01' + g * interval '1.5 second', g FROM generate_series(1, 500) g;
+  INSERT INTO refs VALUES (1, 'blobs'), (2, 'pairs');`;
 
 // The target is stricter about one table: a CHECK and a NOT NULL the source lacks.
 const STRICT_SOURCE = `CREATE TABLE strict (id int PRIMARY KEY, v text, n int, b bytea);
@@ -61,7 +63,7 @@ beforeAll(async () => {
 
 afterAll(() => stopRegions({ stack, api }));
 
-const expected = { blobs: 'binary', uuids: 'binary', pairs: 'binary', heap: 'binary', moods: 'text', events: 'text', strict: 'binary' };
+const expected = { blobs: 'binary', uuids: 'binary', pairs: 'binary', heap: 'binary', moods: 'text', events: 'text', refs: 'text', strict: 'binary' };
 
 async function sameExceptStrict(target: PgCluster, db: string) {
   const src = await databaseHashes(a.sql('bin'));
@@ -84,6 +86,7 @@ describe('binary COPY', () => {
     expect(formats(plan.tables)).toEqual(expected);
     expect(plan.tables.find((t) => t.name === 'moods')!.notes.join('\n')).toMatch(/COPY text: column m is of a type that is not built in/);
     expect(plan.tables.find((t) => t.name === 'events')!.notes.join('\n')).toMatch(/COPY text: key column at is of type timestamp with time zone/);
+    expect(plan.tables.find((t) => t.name === 'refs')!.notes.join('\n')).toMatch(/COPY text: column r is of type regclass/);
   });
 
   it('loads every type equal by content; a refused row is quarantined with its SQLSTATE', async () => {

@@ -185,6 +185,17 @@ function partsOf(split: TableSplit | undefined, method: ApplyMethod): { range: T
 }
 
 /**
+ * Built-in types whose binary form does not carry over between databases: the reg* types send the
+ * object's OID (text sends its name, resolved again on the target); the others have no binary
+ * input or output (aclitem), or refuse input (the planner statistics types, pg_node_tree).
+ */
+const NOT_BINARY = new Set([
+  'regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype', 'regrole', 'regnamespace',
+  'regconfig', 'regdictionary', 'regcollation', 'aclitem', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
+  'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary', 'gtsvector', 'unknown',
+]);
+
+/**
  * The COPY format of an initial load (method copy). Binary COPY moves bytea as bytes rather than
  * hex, and numbers and timestamps without their text conversions, but it embeds type OIDs (arrays,
  * composites) and each type's own wire form: so only built-in (pg_catalog) types, the same type and
@@ -201,6 +212,7 @@ function copyFormatOf(t: pb.Table__Output, target: pb.Table__Output | undefined,
     if (c.generated) continue;
     const tc = target ? target.columns.find((x) => x.name === c.name) : c; // --create-missing: created from the source's definition
     if (c.type_schema !== 'pg_catalog') return text(`column ${c.name} is of a type that is not built in (${c.type})`);
+    if (NOT_BINARY.has(c.type_name.replace(/^_/, ''))) return text(`column ${c.name} is of type ${c.type}, whose binary form does not carry over`);
     if (!tc || tc.type !== c.type || tc.type_schema !== c.type_schema || tc.type_name !== c.type_name) {
       return text(`column ${c.name} has another type on the target`);
     }
