@@ -198,6 +198,8 @@ async function binaryToText(tx: Sql, spec: ApplySpec, data: Buffer): Promise<Buf
   await tx`CREATE TEMP TABLE ${tmp} ON COMMIT DROP AS SELECT ${cols} FROM ${ident(tx, spec.schema, spec.table)} WITH NO DATA`;
   await copyIn(tx, tx`COPY ${tmp} (${cols}) FROM STDIN (FORMAT binary)`, [BINARY_HEADER, data, BINARY_TRAILER]);
   await tx`SET LOCAL synchronize_seqscans = off`;
+  // Text read back in this same session parses the same; floats print exactly (servers before 12 do not by default).
+  await tx`SET LOCAL extra_float_digits = 3`;
   const stream = await tx`COPY ${tmp} (${cols}) TO STDOUT`.readable();
   const chunks: Buffer[] = [];
   try {
