@@ -101,7 +101,7 @@ it(`bench at scale ${scale}`, async () => {
       if ('wanBytes' in m) {
         entry.wan_bytes = m.wanBytes;
         entry.tasks = m.tasks;
-        entry.notes.push(`job: ${m.jobRows} rows, ${(m.jobBytes / 1e6).toFixed(1)} MB sent as COPY text, ${m.rowsDeleted} rows deleted`);
+        entry.notes.push(`job: ${m.jobRows} rows, ${(m.jobBytes / 1e6).toFixed(1)} MB sent as COPY (binary where the types allow), ${m.rowsDeleted} rows deleted`);
       }
       const problems = await verify(toDb, srcHashes);
       entry.verified = problems.length === 0;

@@ -48,7 +48,9 @@ export class Pools {
    */
   async guarded(conn: pb.SealedConnection__Output | { name: string; sealed_url: string }): Promise<PoolEntry & { url: string }> {
     const p = this.get(conn);
-    await p.breaker.guard(() => p.sql`SELECT 1`);
+    // Once more on failure: the first try can land on a pooled connection the database's restart
+    // killed (57P01); seen opening the breaker again, for twice as long, right as the database was back.
+    await p.breaker.guard(() => p.sql`SELECT 1`.catch(() => p.sql`SELECT 1`));
     return p;
   }
 

@@ -16,6 +16,13 @@ export function applyMethodFromProto(p: string): ApplyMethod {
   return v as ApplyMethod;
 }
 
+export type CopyFormat = 'text' | 'binary';
+/**
+ * Key column types (pg_catalog) whose binary form the source agent turns into the same text
+ * PostgreSQL prints (read/copy-binary.ts): a batch's first and last key, for checkpoints and resume.
+ */
+export const BINARY_KEY_TYPES: ReadonlySet<string> = new Set(['int2', 'int4', 'int8', 'text', 'varchar', 'uuid']);
+
 export const taskMessage = z.object({
   v: z.literal(1),
   job_id: z.string().uuid(),
@@ -50,6 +57,11 @@ export const taskMessage = z.object({
    * the same type on both sides, and one whose equality is identity (plan/planner.ts HASHED_TYPES).
    */
   diff_hashed: z.array(z.string()).default([]),
+  /**
+   * The COPY format rows travel in: 'binary' for an initial load (method copy) whose columns are all
+   * built-in types, the same on both sides, keyed by BINARY_KEY_TYPES or keyless (plan/planner.ts).
+   */
+  copy_format: z.enum(['text', 'binary']).default('text'),
 });
 export type TaskMessage = z.infer<typeof taskMessage>;
 

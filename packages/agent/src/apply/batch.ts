@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ident, identList, type Sql, type ApplyMethod } from '@syncflow/shared';
+import { ident, identList, type Sql, type ApplyMethod, type CopyFormat } from '@syncflow/shared';
+import { BINARY_HEADER, BINARY_TRAILER } from '../read/copy-binary.js';
 import { keyCompare, joinFragments, type KeySpec } from '../read/keys.js';
 import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
@@ -22,6 +23,8 @@ export interface ApplySpec {
   onBadRow?: string;
   /** Diff re-sync: this task ships only these hash buckets (apply/diff-filter.ts). */
   diff?: TaskFilter | null;
+  /** How the batches' bytes are encoded: binary COPY tuples only for method copy (the planner decides). */
+  format?: CopyFormat;
 }
 
 export interface IncomingBatch {
@@ -58,6 +61,9 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     if (!u) return DUPLICATE;
     const table = ident(tx, spec.schema, spec.table);
     const cols = identList(tx, spec.columns);
+    // Bisecting and quarantine work on COPY text rows: a binary batch is turned into text by the
+    // target database itself (its own text output of the same types), inside this transaction.
+    const data = spec.format === 'binary' ? await binaryToText(tx, spec, b.data) : b.data;
     if (spec.method === 'replace' && b.seq === 1) await (spec.diff ? deleteBucketsLogged(tx, u, spec.diff.filter) : deleteAllLogged(tx, u));
     const keyCols = spec.key.columns;
     const rest = spec.columns.filter((c) => !keyCols.includes(c));
@@ -66,7 +72,7 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     const applyRows = async (t: Sql, data: Buffer, stage: string): Promise<ChunkCounts> => {
       const st = ident(t, stage);
       await t`CREATE TEMP TABLE ${st} ON COMMIT DROP AS SELECT ${cols} FROM ${table} WITH NO DATA`;
-      await copyIn(t, t`COPY ${st} (${cols}) FROM STDIN`, data);
+      await copyIn(t, t`COPY ${st} (${cols}) FROM STDIN`, [data]);
       let r: ChunkCounts;
       if (keyCols.length === 0) {
         r = { inserted: await insertKeylessLogged(t, u, stage, spec.method === 'append'), updated: 0 };
@@ -86,7 +92,7 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
       return r;
     };
     const q = { jobId: spec.jobId, taskId: spec.taskId, seq: b.seq, schema: spec.schema, table: spec.table, keyCount: keyCols.length, policy: badRowPolicy(spec.onBadRow) };
-    const r = await applyBisecting(tx, q, b.data, applyRows, async (t) => {
+    const r = await applyBisecting(tx, q, data, applyRows, async (t) => {
       // Parts are applied one by one; mirror's marks still need every good key of the batch in sf_stage.
       if (keepStage) await t`CREATE TEMP TABLE sf_stage ON COMMIT DROP AS SELECT ${cols} FROM ${table} WITH NO DATA`;
     });
@@ -124,7 +130,14 @@ async function loadDirect(sql: Sql, spec: ApplySpec, b: IncomingBatch): Promise<
     const tx = txAny as unknown as Sql;
     const u = await beginBatch(tx, spec, b);
     if (!u) return DUPLICATE;
-    await copyIn(tx, tx`COPY ${ident(tx, spec.schema, spec.table)} (${identList(tx, spec.columns)}) FROM STDIN`, b.data);
+    const table = ident(tx, spec.schema, spec.table);
+    const cols = identList(tx, spec.columns);
+    if (spec.format === 'binary') {
+      // The batch is tuples only: framed with a header and trailer, written as three pieces.
+      await copyIn(tx, tx`COPY ${table} (${cols}) FROM STDIN (FORMAT binary)`, [BINARY_HEADER, b.data, BINARY_TRAILER]);
+    } else {
+      await copyIn(tx, tx`COPY ${table} (${cols}) FROM STDIN`, [b.data]);
+    }
     await logLoad(tx, u, b.rows);
     return { duplicate: false, inserted: b.rows, updated: 0, marked: 0, quarantined: 0 };
   });
@@ -174,7 +187,32 @@ export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | nu
   return sql.begin(async (tx) => markMissing(tx as unknown as Sql, spec, lastKey, upto, false));
 }
 
-async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): Promise<void> {
+/**
+ * A binary batch as COPY text rows, converted by the target database: COPY binary into a temporary
+ * table of the target's columns (no constraints, so every row the types accept goes in), then COPY
+ * text out of it, in the same order. A value the types refuse fails the batch as a whole here.
+ */
+async function binaryToText(tx: Sql, spec: ApplySpec, data: Buffer): Promise<Buffer> {
+  const tmp = ident(tx, 'sf_binary');
+  const cols = identList(tx, spec.columns);
+  await tx`CREATE TEMP TABLE ${tmp} ON COMMIT DROP AS SELECT ${cols} FROM ${ident(tx, spec.schema, spec.table)} WITH NO DATA`;
+  await copyIn(tx, tx`COPY ${tmp} (${cols}) FROM STDIN (FORMAT binary)`, [BINARY_HEADER, data, BINARY_TRAILER]);
+  await tx`SET LOCAL synchronize_seqscans = off`;
+  // Text read back in this same session parses the same; floats print exactly (servers before 12 do not by default).
+  await tx`SET LOCAL extra_float_digits = 3`;
+  const stream = await tx`COPY ${tmp} (${cols}) TO STDOUT`.readable();
+  const chunks: Buffer[] = [];
+  try {
+    for await (const c of stream as AsyncIterable<Buffer>) chunks.push(c);
+  } finally {
+    // As in read/table-reader.ts: resume the socket postgres.js may have paused on the last chunk.
+    (stream as unknown as { _read?: () => void })._read?.();
+  }
+  await tx`DROP TABLE ${tmp}`;
+  return Buffer.concat(chunks);
+}
+
+async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: readonly Buffer[]): Promise<void> {
   // When the server refuses a row after the whole buffer was written, postgres.js hands the error
   // only to query.reject (its promise already resolved with the stream) and never finishes the
   // stream: waiting on the pipeline alone hung forever. Hook reject to see the error.
@@ -185,7 +223,7 @@ async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: Buffer): 
   const reject = q.reject;
   q.reject = (e: unknown) => { fail(e); reject(e); };
   const w = await q.writable();
-  await Promise.race([pipeline(Readable.from([data]), w), failed]);
+  await Promise.race([pipeline(Readable.from(data), w), failed]);
 }
 
 const andAll = (sql: Sql, parts: ReturnType<Sql['unsafe']>[]) => joinFragments(sql, parts, ' AND ');

@@ -1,5 +1,6 @@
-import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger } from '@syncflow/shared';
+import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger, type CopyFormat } from '@syncflow/shared';
 import { RowBatcher, leadingFields, type CutBatch } from './copy-text.js';
+import { TupleBatcher, tupleKeys } from './copy-binary.js';
 import { keyVsSettings, setKeySettings, joinFragments, type KeySpec } from './keys.js';
 import { assertSnapshotId, useSnapshot } from './snapshot.js';
 import { readerBucketCondition, type BucketFilter } from './buckets.js';
@@ -21,6 +22,8 @@ export interface ReadSpec {
   batchBytes: number | (() => number);
   /** Diff re-sync: only rows of these hash buckets (read/buckets.ts). */
   buckets?: BucketFilter | null;
+  /** 'binary': tuples of binary COPY (the planner checked the types); default 'text'. */
+  format?: CopyFormat;
 }
 
 export interface ReadBatch extends CutBatch {
@@ -29,7 +32,7 @@ export interface ReadBatch extends CutBatch {
 }
 
 /**
- * Streams one table out of the job's snapshot as COPY text, in key order, starting after the
+ * Streams one table out of the job's snapshot as COPY text or binary COPY, in key order, starting after the
  * checkpoint, cut into batches of whole rows. `emit` is awaited for each batch: while it waits
  * (no credit from the target), the COPY stream is not read, so the database is not either.
  */
@@ -73,13 +76,19 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     if (spec.buckets) conds.push((await readerBucketCondition(tx as unknown as Sql, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits }, spec.buckets)).cond);
     const where = conds.length ? tx`WHERE ${joinFragments(tx as unknown as Sql, conds, ' AND ')}` : tx``;
     const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
-    const query = tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;
+    const binary = spec.format === 'binary';
+    const query = binary
+      ? tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT (FORMAT binary)`
+      : tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;
     const stream = await query.readable();
     const size = typeof spec.batchBytes === 'function' ? spec.batchBytes : () => spec.batchBytes as number;
-    const batcher = new RowBatcher(size());
+    const batcher = binary ? new TupleBatcher(size()) : new RowBatcher(size());
     const k = spec.key.columns.length;
+    const keyTypes = spec.key.types.map((t) => t.name);
+    // Only the first and last row of each batch are decoded: the key texts of its checkpoint.
+    const keysOf = binary ? (row: Buffer) => tupleKeys(row, keyTypes) : (row: Buffer) => leadingFields(row, k);
     const toBatch = (b: CutBatch): ReadBatch => ({
-      ...b, firstKey: k ? leadingFields(b.firstRow, k) : [], lastKey: k ? leadingFields(b.lastRow, k) : [],
+      ...b, firstKey: k ? keysOf(b.firstRow) : [], lastKey: k ? keysOf(b.lastRow) : [],
     });
     // A failing emit (target refused a batch, cancel, pause) must not leave the COPY half-read:
     // breaking out would destroy the stream while postgres.js keeps the socket paused, and the

@@ -1,6 +1,6 @@
 import {
   grpc, toGrpcError, toSyncflowError, invalidArgument, applyMethodFromProto, extractContext, withSpan, SpanKind,
-  type Logger, type pb, type Sql, type RateLimiter,
+  type Logger, type pb, type Sql, type RateLimiter, type CopyFormat,
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
@@ -38,6 +38,7 @@ async function serve(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, 
     jobId: header.job_id, taskId: header.task_id, schema: header.schema, table: header.table,
     columns: header.columns, method: applyMethodFromProto(header.method), mirror: header.mirror, onBadRow: header.on_bad_row,
     key: { columns: header.key_columns, types: [] },
+    format: copyFormatFromWire(header.copy_format),
   };
   if (!header.target) throw invalidArgument('Transfer header has no target connection');
   const pool = await pools.guarded(header.target);
@@ -116,6 +117,12 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
       }
     }
   }, { parent: extractContext(header.trace), kind: SpanKind.SERVER });
+}
+
+function copyFormatFromWire(f: string): CopyFormat {
+  if (f === '' || f === 'text') return 'text';
+  if (f === 'binary') return 'binary';
+  throw invalidArgument(`unknown copy_format ${JSON.stringify(f)}`);
 }
 
 /** The target's own types of the key columns (casts on the target use the target's catalog). */

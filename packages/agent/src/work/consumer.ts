@@ -85,10 +85,13 @@ export class TaskConsumer {
         return;
       }
       if (cancelled) { m.term(); return; }
+      // The task message's stream sequence in the id: a dead letter retried republishes the task, and
+      // its deliveries count from 1 again; "failed" of delivery 3 again within the dedup window was
+      // dropped as a duplicate, and the job stayed running with its tasks queued.
       await publishEvent(js, names, {
         type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
         error: { kind: err.kind, code: err.code, message: err.message, retryable: err.retryable }, final: !retry, delivery,
-      }, `${task.task_id}:failed:${delivery}`).catch(() => undefined);
+      }, `${task.task_id}:failed:${m.seq}:${delivery}`).catch(() => undefined);
       if (retry) m.nak(backoffMs(delivery, { attempts: this.opts.maxDeliver, baseMs: 500, maxMs: 30_000 }));
       else m.term();
     } finally {

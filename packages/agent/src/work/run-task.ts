@@ -102,6 +102,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         method: applyMethodToProto(task.method) as pb.ApplyMethod, mirror: task.mirror, on_bad_row: task.on_bad_row,
         range_after: task.range?.after ? { values: task.range.after as string[] } : null,
         range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
+        copy_format: task.copy_format,
       };
       const keyless = task.key_columns.length === 0;
       /** Starts a keyless table over: the target deletes what earlier attempts applied (with their ledger rows) in one transaction. */
@@ -138,7 +139,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
           schema: task.schema, table: task.table, columns: task.columns,
           key: { columns: task.key_columns, types: task.key_types }, snapshotId,
           resumeAfter: keyless ? null : from.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes, buckets,
+          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes, buckets, format: task.copy_format,
         };
         const result = await readTable(sql, readSpec, tlog, async (b) => {
           if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });

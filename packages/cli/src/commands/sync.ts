@@ -12,7 +12,7 @@ import { printChecks } from './safety.js';
 interface SpecOpts {
   from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string; maxAttempts?: number; jobTimeout?: number;
   maxRowsPerS?: number; maxBytesPerS?: number; splitRows?: number; keepIndexes?: boolean;
-  confirm?: string; createMissing?: boolean; dryRun?: boolean; onBadRow?: string; onFailure?: string; diff?: string;
+  confirm?: string; createMissing?: boolean; dryRun?: boolean; onBadRow?: string; onFailure?: string; diff?: string; copyFormat?: string;
 }
 
 function buildSpec(opts: SpecOpts): pb.SyncSpec {
@@ -37,6 +37,7 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     on_bad_row: opts.onBadRow ?? '',
     on_failure: opts.onFailure ?? '',
     diff: opts.diff ?? '',
+    copy_format: opts.copyFormat ?? '',
   };
 }
 
@@ -83,6 +84,7 @@ export function registerSync(group: (name: string, description: string) => Comma
     .addOption(new Option('--on-bad-row <policy>', 'rows the target refuses: quarantine (default), skip, fail').choices(['quarantine', 'skip', 'fail']))
     .addOption(new Option('--on-failure <policy>', 'when the job fails: keep what was written (default), or rollback').choices(['keep', 'rollback']))
     .addOption(new Option('--diff <when>', 'auto (default): tables whose target has rows are compared by hash buckets and only differing buckets are shipped; off: ship every row').choices(['auto', 'off']))
+    .addOption(new Option('--copy-format <format>', 'auto (default): initial loads of tables whose types allow it travel as binary COPY; text: always COPY text').choices(['auto', 'text']))
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const spec = buildSpec(opts);

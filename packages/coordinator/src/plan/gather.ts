@@ -28,6 +28,8 @@ export interface SyncRequest {
   onFailure?: 'keep' | 'rollback';
   /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off'. */
   diff?: 'auto' | 'off';
+  /** Initial loads as binary COPY where the types allow ('auto', default) or always COPY text. */
+  copyFormat?: 'auto' | 'text';
 }
 
 /**
@@ -45,7 +47,7 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
     snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits, keepIndexes: req.keepIndexes,
-    createMissing: req.createMissing, onBadRow: req.onBadRow, diff: req.diff,
+    createMissing: req.createMissing, onBadRow: req.onBadRow, diff: req.diff, copyFormat: req.copyFormat,
   });
   await preflight(agents, req, planned);
   return planned;

@@ -1,6 +1,6 @@
 import {
-  parseTableRef, displayName, notFound, applyMethodToProto,
-  type pb, type ApplyMethod, type TaskMessage,
+  parseTableRef, displayName, notFound, applyMethodToProto, BINARY_KEY_TYPES,
+  type pb, type ApplyMethod, type TaskMessage, type CopyFormat,
 } from '@syncflow/shared';
 import { orderLevels, type FkEdge } from './graph.js';
 import { tableChecks } from './checks.js';
@@ -25,6 +25,8 @@ export interface PlanInput {
   onBadRow?: 'fail' | 'skip' | 'quarantine';
   /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off' (ship every row). */
   diff?: 'auto' | 'off';
+  /** Initial loads as binary COPY where the types allow: 'auto' (default), or 'text' always. */
+  copyFormat?: 'auto' | 'text';
 }
 
 export interface TableSplit { boundaries: string[][]; blocks: number; parts: number }
@@ -112,12 +114,18 @@ export function planSync(input: PlanInput): Planned {
     const diffTable = method !== 'copy' && input.diff !== 'off';
     if (diffTable) tableNotes.push('the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync)');
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
+    const format = method === 'copy' ? copyFormatOf(t, found, input) : { format: 'text' as const, why: '' };
+    if (method === 'copy') {
+      tableNotes.push(format.format === 'binary'
+        ? 'rows travel as binary COPY: every column is a built-in type, the same on both sides'
+        : `rows travel as COPY text: ${format.why}`);
+    }
     if (ranges.length > 1) tableNotes.push(`cut into ${ranges.length} ${key.length ? 'key' : 'block'} ranges that load in parallel`);
     tablePlans.push({
       schema: t.schema, name: t.name, level, method: applyMethodToProto(method) as pb.ApplyMethod, key, key_kind: t.key_kind,
       row_estimate: t.row_estimate, bytes: t.bytes,
       depends_on: [...new Set(t.foreign_keys.map((fk) => `${fk.ref_schema}.${fk.ref_table}`).filter((r) => selectedKeys.has(r) && r !== keyOf(t)))],
-      deferred_constraints: deferred.map((d) => d.name), notes: tableNotes, parts: ranges.length,
+      deferred_constraints: deferred.map((d) => d.name), notes: tableNotes, parts: ranges.length, copy_format: format.format,
     });
     ranges.forEach((r, p) => {
       const id = ranges.length > 1 ? `${input.jobId}/${i + 1}.${p + 1}` : `${input.jobId}/${i + 1}`;
@@ -127,7 +135,8 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)), ...r,
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)),
+          copy_format: format.format, ...r,
         },
       });
     });
@@ -179,6 +188,46 @@ function partsOf(split: TableSplit | undefined, method: ApplyMethod): { range: T
   return Array.from({ length: split.parts }, (_, j) => ({
     range: null, blocks: { from: j * step, to: j === split.parts - 1 ? null : (j + 1) * step },
   }));
+}
+
+/**
+ * Built-in types whose binary form does not carry over between databases: the reg* types send the
+ * object's OID (text sends its name, resolved again on the target); the others have no binary
+ * input or output (aclitem), or refuse input (the planner statistics types, pg_node_tree).
+ */
+const NOT_BINARY = new Set([
+  'regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype', 'regrole', 'regnamespace',
+  'regconfig', 'regdictionary', 'regcollation', 'aclitem', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
+  'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary', 'gtsvector', 'unknown',
+]);
+
+/**
+ * The COPY format of an initial load (method copy). Binary COPY moves bytea as bytes rather than
+ * hex, and numbers and timestamps without their text conversions, but it embeds type OIDs (arrays,
+ * composites) and each type's own wire form: so only built-in (pg_catalog) types, the same type and
+ * modifier on both sides, between servers of the same major version. Key columns must be of a type
+ * whose binary form the source agent prints as PostgreSQL would (BINARY_KEY_TYPES): the first and
+ * last key of each batch become checkpoints.
+ */
+function copyFormatOf(t: pb.Table__Output, target: pb.Table__Output | undefined, input: PlanInput): { format: CopyFormat; why: string } {
+  const text = (why: string) => ({ format: 'text' as const, why });
+  if (input.copyFormat === 'text') return text('the job asked for COPY text');
+  const major = (v: string) => parseInt(v, 10);
+  if (major(input.source.server_version) !== major(input.target.server_version)) return text('the servers run different major versions');
+  for (const c of t.columns) {
+    if (c.generated) continue;
+    const tc = target ? target.columns.find((x) => x.name === c.name) : c; // --create-missing: created from the source's definition
+    if (c.type_schema !== 'pg_catalog') return text(`column ${c.name} is of a type that is not built in (${c.type})`);
+    if (NOT_BINARY.has(c.type_name.replace(/^_/, ''))) return text(`column ${c.name} is of type ${c.type}, whose binary form does not carry over`);
+    if (!tc || tc.type !== c.type || tc.type_schema !== c.type_schema || tc.type_name !== c.type_name) {
+      return text(`column ${c.name} has another type on the target`);
+    }
+  }
+  for (const k of t.primary_key) {
+    const c = t.columns.find((x) => x.name === k)!;
+    if (!BINARY_KEY_TYPES.has(c.type_name)) return text(`key column ${k} is of type ${c.type}, whose binary form the agent does not read`);
+  }
+  return { format: 'binary', why: '' };
 }
 
 /**

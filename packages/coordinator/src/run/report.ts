@@ -101,7 +101,7 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
       schema: t.schema_name, table: t.table_name,
       rows_read: sum(parts, 'rows'), inserted: sum(parts, 'inserted'), updated: sum(parts, 'updated'),
       deleted: sum(parts, 'marked_for_delete'), quarantined, bytes: sum(parts, 'bytes'),
-      duration_ms: span(parts), verification,
+      duration_ms: span(parts), verification, copy_format: t.message.copy_format ?? 'text',
     });
   }
   const after = rolled.at ? rolled : await safety.rolledBack(job.id);

@@ -51,7 +51,7 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
       id: jobId, from_conn: req.from.name, to_conn: req.to.name, mode: req.mode,
       spec: {
         tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes, max_attempts: req.maxAttempts ?? 3, timeout_seconds: req.timeoutSeconds ?? 0,
-        on_bad_row: req.onBadRow ?? 'quarantine', on_failure: req.onFailure ?? 'keep', create_missing: Boolean(req.createMissing), diff: req.diff ?? 'auto',
+        on_bad_row: req.onBadRow ?? 'quarantine', on_failure: req.onFailure ?? 'keep', create_missing: Boolean(req.createMissing), diff: req.diff ?? 'auto', copy_format: req.copyFormat ?? 'auto',
       },
       plan: planned.record,
       snapshot_id: snapshotId, trace_id: traceId, trace: carrier,
