@@ -227,8 +227,34 @@ function copyFormatOf(t: pb.Table__Output, target: pb.Table__Output | undefined,
     const c = t.columns.find((x) => x.name === k)!;
     if (!BINARY_KEY_TYPES.has(c.type_name)) return text(`key column ${k} is of type ${c.type}, whose binary form the agent does not read`);
   }
+  const cols = t.columns.filter((c) => !c.generated);
+  if (!cols.some((c) => c.type_name === 'bytea')) {
+    const [textBytes, binaryBytes] = cols.reduce(([x, y], c) => {
+      const [tx, bin] = VALUE_BYTES[c.type_name] ?? [1, 4];
+      return [x + tx, y + bin];
+    }, [0, 2]);
+    if (binaryBytes > BINARY_BYTES_ALLOWANCE * textBytes) return text('binary would ship notably more bytes for these column types (small numbers)');
+  }
   return { format: 'binary', why: '' };
 }
+
+/**
+ * Rough bytes of a typical value as COPY text (with its tab) and as COPY binary (with its 4-byte
+ * length), for the types whose two forms differ in size; any other type (text, jsonb, arrays, …)
+ * counts as [1, 4] on top of its content. bytea, hex in text, always goes binary when allowed.
+ */
+const VALUE_BYTES: Record<string, [text: number, binary: number]> = {
+  int2: [3, 6], int4: [5, 8], int8: [7, 12], oid: [6, 8], bool: [2, 5], float4: [10, 8], float8: [18, 12], numeric: [8, 16],
+  money: [8, 12], date: [11, 8], time: [16, 12], timetz: [22, 16], timestamp: [27, 12], timestamptz: [30, 12], interval: [18, 20], uuid: [37, 20],
+};
+/**
+ * Binary is chosen unless it would ship more than this many times the text bytes (by VALUE_BYTES):
+ * it spares both servers the text conversions (measured on the bench's orders: COPY out + in 2.6 s
+ * of PostgreSQL CPU as text, 1.3 s as binary, for 17 % more bytes), but a table of small integers
+ * and numerics doubles in size (order_items: 51 MB as text, 128 MB as binary), which costs more
+ * in the agents and across a WAN than it saves in the databases.
+ */
+const BINARY_BYTES_ALLOWANCE = 1.25;
 
 /**
  * Types whose equality is identity (equal values have equal text), so hashing them with their type's
