@@ -1,4 +1,4 @@
-import { ident, invalidArgument, type Sql, type pb } from '@syncflow/shared';
+import { ident, invalidArgument, type Logger, type Sql, type pb } from '@syncflow/shared';
 import { keyCompare, joinFragments, keyVsSettings, setKeySettings } from './keys.js';
 import { keyTypes } from './hash-ranges.js';
 import { useSnapshot } from './snapshot.js';
@@ -72,24 +72,24 @@ const cacheKey = (req: DigestRequest, snapshotId: string) => JSON.stringify([
  * buckets of each coarse bucket asked for, in ascending order (from the cached sums; computed again if
  * they were evicted or expired).
  */
-export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number }> {
+export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number; scanned: boolean }> {
   if (!req.columns.length) throw invalidArgument('columns are required');
   assertFineBits(req.fineBits);
   if (req.coarse && req.coarse.length !== Math.ceil(2 ** (req.fineBits - COARSE_SHIFT) / 8)) throw invalidArgument('coarse bitmap has the wrong size');
   const key = cacheKey(req, snapshotId);
   if (req.coarse && req.session) {
     const cached = digestMemory.take(key);
-    if (cached) return { digests: cached.fineDigests(req.coarse), rows: cached.rows };
+    if (cached) return { digests: cached.fineDigests(req.coarse), rows: cached.rows, scanned: false };
   }
   const bytes = BucketSums.bytes(req.fineBits);
   const release = await digestMemory.reserve(bytes);
   let kept = false;
   try {
     const sums = await buildSums(sql, req, snapshotId);
-    if (req.coarse) return { digests: sums.fineDigests(req.coarse), rows: sums.rows };
+    if (req.coarse) return { digests: sums.fineDigests(req.coarse), rows: sums.rows, scanned: true };
     const digests = sums.coarseDigests();
     if (req.session) { digestMemory.keep(key, sums, bytes); kept = true; }
-    return { digests, rows: sums.rows };
+    return { digests, rows: sums.rows, scanned: true };
   } finally {
     if (!kept) release();
   }
@@ -101,13 +101,14 @@ export function dropDigests(req: DigestRequest, snapshotId = ''): void {
 }
 
 /** AgentService.DiffBuckets: the target's digests, in its current state. */
-export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output): Promise<pb.DiffReply> {
+export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output, log?: Logger): Promise<pb.DiffReply> {
   const r = await digestsOf(sql, {
     schema: req.schema, table: req.table, columns: req.columns, keyColumns: req.key_columns,
     after: req.range_after?.values.length ? req.range_after.values : null,
     upto: req.range_upto?.values.length ? req.range_upto.values : null,
     fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns, session: req.session,
   });
+  if (req.coarse.length && r.scanned) log?.info({ table: `${req.schema}.${req.table}`, fine_bits: req.fine_bits }, 'diff buckets: cached sums were gone (evicted, expired or another agent answered the coarse round); scanned again');
   return { digests: r.digests, rows: r.rows };
 }
 

@@ -58,12 +58,14 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   const fineBits = fineBitsFor(rows);
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
+  let rescanned = false;
   const both = async (coarse: Buffer | null) => {
     const [mine, theirs] = await Promise.all([
       digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
       peerDigests(target, task, fineBits, coarse, base.session!),
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
+    if (coarse && mine.scanned) rescanned = true;
     return differingSlots(mine.digests, theirs.digests);
   };
   const coarseDiff = await both(null);
@@ -81,7 +83,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
   }
   const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
-  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire,
+  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire, source_rescanned: rescanned,
     count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
   return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
 }
