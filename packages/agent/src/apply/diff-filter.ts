@@ -24,7 +24,12 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
 type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[] };
 export interface StoredFilter { wire: WireFilter; digest: string }
 
-const digestOf = (f: BucketFilter) => `${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
+/**
+ * Filters compare by this. `b2`: the bucket formula (per-column hashes, read/buckets.ts); a filter
+ * stored by an agent with the earlier formula (upgraded in the middle of a job) selects other rows, so
+ * it no longer matches and the task fails rather than skip rows by the wrong buckets.
+ */
+const digestOf = (f: BucketFilter) => `b2:${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
 
 export async function storedFilter(sql: Sql, jobId: string, taskId: string): Promise<StoredFilter | null> {
   const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; digest: string }[]>`
