@@ -107,6 +107,11 @@ describe('diff re-sync', () => {
     expect(shipped).toBeGreaterThanOrEqual(changed * 0.5); // deletes ship nothing; every update and insert ships
     expect(shipped).toBeLessThan(TOTAL * 0.04);
     expect(Number(job.rows_deleted)).toBeGreaterThan(0);
+    // One scan per side: both fine rounds were answered from the sums their coarse round built.
+    const logs = stack.logs();
+    expect(logs).toContain('"source_rescanned":false');
+    expect(logs).not.toContain('"source_rescanned":true');
+    expect(logs).not.toContain('scanned again');
   });
 
   it('with nothing changed, ships no rows', async () => {

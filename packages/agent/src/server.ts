@@ -51,7 +51,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     }),
     DiffBuckets: traced('diff buckets', async (req: pb.DiffRequest__Output) => {
       const { sql } = conn(req.connection);
-      return diffBuckets(sql, req);
+      return diffBuckets(sql, req, log);
     }),
     Transfer: transferHandler(pools, log),
     ...safetyHandlers(pools, log, traced, undoRetentionHours),

@@ -8,7 +8,7 @@ import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
-import { storeFilter, inFilter, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
+import { storeFilter, inFilter, filterTypes, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 
 export interface ApplySpec {
@@ -162,7 +162,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
   // Diff re-sync: only rows of the shipped buckets can be missing from the source.
-  if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter));
+  if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]

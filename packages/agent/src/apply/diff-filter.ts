@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
-import { inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
 
@@ -24,7 +24,12 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
 type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[] };
 export interface StoredFilter { wire: WireFilter; digest: string }
 
-const digestOf = (f: BucketFilter) => `${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
+/**
+ * Filters compare by this. `b2`: the bucket formula (per-column hashes, read/buckets.ts); a filter
+ * stored by an agent with the earlier formula (upgraded in the middle of a job) selects other rows, so
+ * it no longer matches and the task fails rather than skip rows by the wrong buckets.
+ */
+const digestOf = (f: BucketFilter) => `b2:${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
 
 export async function storedFilter(sql: Sql, jobId: string, taskId: string): Promise<StoredFilter | null> {
   const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; digest: string }[]>`
@@ -32,7 +37,17 @@ export async function storedFilter(sql: Sql, jobId: string, taskId: string): Pro
   return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets, hashed_columns: r.hashed }, digest: r.digest } : null;
 }
 
-export interface TaskFilter { filter: BucketFilter; wire: WireFilter; digest: string }
+export interface TaskFilter {
+  filter: BucketFilter; wire: WireFilter; digest: string;
+  /** The hashed columns' types in this database, looked up once per stream (filterTypes). */
+  types?: ReadonlyMap<string, string>;
+}
+
+/** The types of the filter's hashed columns (the bucket hash calls their type's hash function). */
+export async function filterTypes(tx: Sql, schema: string, table: string, f: TaskFilter): Promise<ReadonlyMap<string, string>> {
+  f.types ??= await hashedTypes(tx, schema, table, f.filter.hashed);
+  return f.types;
+}
 
 export function taskFilter(wire: pb.DiffFilter__Output): TaskFilter | null {
   const filter = unpackFilter(wire);
@@ -63,15 +78,16 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
 }
 
 /** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. */
-export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, alias = 't') {
-  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed }, alias, tx`${f.bitmap}::bytea`);
+export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
+  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
 }
 
 /** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
 export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilter): Promise<number> {
+  const types = await hashedTypes(tx, u.schema, u.table, f.hashed);
   return withPinnedTextForms(tx, async () => {
     const r = await tx`
-      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f)} RETURNING ROW(t.*)::text AS r)
+      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f, types)} RETURNING ROW(t.*)::text AS r)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
     return r.count;

@@ -1,8 +1,11 @@
-import { ident, invalidArgument, type Sql, type pb } from '@syncflow/shared';
-import { keyCompare, joinFragments } from './keys.js';
+import { ident, invalidArgument, type Logger, type Sql, type pb } from '@syncflow/shared';
+import { keyCompare, joinFragments, keyVsSettings, setKeySettings } from './keys.js';
 import { keyTypes } from './hash-ranges.js';
 import { useSnapshot } from './snapshot.js';
-import { assertFineBits, bucketDigests, COARSE_SHIFT } from './buckets.js';
+import { pinTextForms } from './text-forms.js';
+import { assertFineBits, bucketHash, hashedTypes, restHash, COARSE_SHIFT } from './buckets.js';
+import { BucketSums, CopyHashReader } from './digest-builder.js';
+import { digestMemory } from './digest-cache.js';
 
 export interface DigestRequest {
   schema: string;
@@ -12,38 +15,100 @@ export interface DigestRequest {
   after: readonly (string | null)[] | null;
   upto: readonly (string | null)[] | null;
   fineBits: number;
+  /** null: digests of every coarse bucket; else a bitmap of the coarse buckets whose fine digests are wanted. */
   coarse: Buffer | null;
   hashed?: readonly string[];
+  /** One diff decision's requests share it: the fine request is answered from the sums the coarse one built. */
+  session?: string;
 }
 
 /**
- * Bucket digests of a table (part) in one REPEATABLE READ, READ ONLY transaction: inside the job
- * snapshot on the source (`snapshotId`), in the current state on the target (no snapshot).
+ * One pass over a table (part) in a REPEATABLE READ, READ ONLY transaction — inside the job snapshot
+ * on the source (`snapshotId`), in the current state on the target: PostgreSQL computes each row's
+ * (bucket hash, rest hash) and streams them as a binary COPY; the agent sums them into fine buckets.
+ * Measured on order_items (2.2 M rows): ~0.75 s, where the GROUP BY coarse pass alone took ~2.9 s and
+ * a fine pass scanned the table again.
  */
-export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number }> {
-  if (!req.columns.length) throw invalidArgument('columns are required');
-  assertFineBits(req.fineBits);
-  if (req.coarse && req.coarse.length !== Math.ceil(2 ** (req.fineBits - COARSE_SHIFT) / 8)) throw invalidArgument('coarse bitmap has the wrong size');
+async function buildSums(sql: Sql, req: DigestRequest, snapshotId: string): Promise<BucketSums> {
   return sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (txAny) => {
     const tx = txAny as unknown as Sql;
     if (snapshotId) await useSnapshot(tx, snapshotId);
-    const types = await keyTypes(tx, { schema: req.schema, table: req.table, key: req.keyColumns.map((name) => ({ name, type_schema: '', type_name: '' })) });
-    return bucketDigests(tx, {
-      schema: req.schema, table: req.table, columns: req.columns, keyColumns: req.keyColumns, fineBits: req.fineBits,
-      key: { columns: req.keyColumns, types }, after: req.after, upto: req.upto, coarse: req.coarse,
-      hashed: (req.hashed ?? []).filter((c) => req.columns.includes(c)),
-    });
+    await pinTextForms(tx);
+    const hashed = (req.hashed ?? []).filter((c) => req.columns.includes(c));
+    const spec = { columns: req.columns, keyColumns: req.keyColumns, fineBits: req.fineBits, hashed, types: await hashedTypes(tx, req.schema, req.table, hashed) };
+    const conds = [];
+    if (req.keyColumns.length && (req.after || req.upto)) {
+      const types = await keyTypes(tx, { schema: req.schema, table: req.table, key: req.keyColumns.map((name) => ({ name, type_schema: '', type_name: '' })) });
+      const key = { columns: req.keyColumns, types };
+      // COPY takes no parameters: the range bounds ride in transaction-local settings, as the reader's do.
+      if (req.after) { await setKeySettings(tx, req.after, 'syncflow.k'); conds.push(keyVsSettings(tx, key, '>', 'syncflow.k')); }
+      if (req.upto) { await setKeySettings(tx, req.upto, 'syncflow.u'); conds.push(keyVsSettings(tx, key, '<=', 'syncflow.u')); }
+    }
+    const rest = restHash(tx, spec, '');
+    const fields = rest ? [bucketHash(tx, spec, ''), rest] : [bucketHash(tx, spec, '')];
+    const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
+    const sums = new BucketSums(req.fineBits);
+    const reader = new CopyHashReader(sums, rest ? 2 : 1);
+    const query = tx`COPY (SELECT ${joinFragments(tx, fields)} FROM ${ident(tx, req.schema, req.table)} ${where}) TO STDOUT (FORMAT binary)`;
+    const stream = await query.readable();
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) reader.push(chunk);
+    } finally {
+      // As in table-reader.ts: resume postgres.js's socket in case the last chunk paused it.
+      (stream as unknown as { _read?: () => void })._read?.();
+    }
+    reader.end();
+    return sums;
   });
 }
 
+const cacheKey = (req: DigestRequest, snapshotId: string) => JSON.stringify([
+  req.session, snapshotId, req.schema, req.table, req.columns, req.keyColumns, req.after, req.upto, req.fineBits, req.hashed ?? [],
+]);
+
+/**
+ * Bucket digests of a table (part): dense, 8 bytes each (0 = empty) — every coarse bucket (a request
+ * without `coarse`: one pass, whose sums stay cached for the session's fine request), or the 16 fine
+ * buckets of each coarse bucket asked for, in ascending order (from the cached sums; computed again if
+ * they were evicted or expired).
+ */
+export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number; scanned: boolean }> {
+  if (!req.columns.length) throw invalidArgument('columns are required');
+  assertFineBits(req.fineBits);
+  if (req.coarse && req.coarse.length !== Math.ceil(2 ** (req.fineBits - COARSE_SHIFT) / 8)) throw invalidArgument('coarse bitmap has the wrong size');
+  const key = cacheKey(req, snapshotId);
+  if (req.coarse && req.session) {
+    const cached = digestMemory.take(key);
+    if (cached) return { digests: cached.fineDigests(req.coarse), rows: cached.rows, scanned: false };
+  }
+  const bytes = BucketSums.bytes(req.fineBits);
+  const release = await digestMemory.reserve(bytes);
+  let kept = false;
+  try {
+    const sums = await buildSums(sql, req, snapshotId);
+    if (req.coarse) return { digests: sums.fineDigests(req.coarse), rows: sums.rows, scanned: true };
+    const digests = sums.coarseDigests();
+    if (req.session) { digestMemory.keep(key, sums, bytes); kept = true; }
+    return { digests, rows: sums.rows, scanned: true };
+  } finally {
+    if (!kept) release();
+  }
+}
+
+/** Frees a session's cached sums (its decision needed no fine round). */
+export function dropDigests(req: DigestRequest, snapshotId = ''): void {
+  digestMemory.drop(cacheKey({ ...req, coarse: null }, snapshotId));
+}
+
 /** AgentService.DiffBuckets: the target's digests, in its current state. */
-export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output): Promise<pb.DiffReply> {
+export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output, log?: Logger): Promise<pb.DiffReply> {
   const r = await digestsOf(sql, {
     schema: req.schema, table: req.table, columns: req.columns, keyColumns: req.key_columns,
     after: req.range_after?.values.length ? req.range_after.values : null,
     upto: req.range_upto?.values.length ? req.range_upto.values : null,
-    fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns,
+    fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns, session: req.session,
   });
+  if (req.coarse.length && r.scanned) log?.info({ table: `${req.schema}.${req.table}`, fine_bits: req.fine_bits }, 'diff buckets: cached sums were gone (evicted, expired or another agent answered the coarse round); scanned again');
   return { digests: r.digests, rows: r.rows };
 }
 

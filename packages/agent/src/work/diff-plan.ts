@@ -1,5 +1,6 @@
 import { call, grpc, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
-import { digestsOf, rowsOf, type DigestRequest } from '../read/diff-digests.js';
+import { randomUUID } from 'node:crypto';
+import { digestsOf, dropDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
@@ -29,7 +30,9 @@ const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, not
  * Diff re-sync, the source's side: which hash buckets of this task differ between the job
  * snapshot and the target's current state (sized from the planner's row estimate, else a count). Coarse buckets (~16 rows) first for the whole part,
  * then fine buckets (~1 row) only inside the coarse buckets that differ; both sides hash next to
- * their database in parallel, and only 8-byte digests cross.
+ * their database in parallel, and only 8-byte digests cross. Each side scans its part once: the
+ * coarse round builds the fine sums, which stay cached under the decision's session for the fine
+ * round (read/diff-digests.ts).
  *
  * A resumed task (batches already committed) keeps the filter stored with those batches (the
  * target sends it back in its ready ack), or ships every row if it had none: every committed
@@ -47,7 +50,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   if (!snapshotUsable || !task.snapshot_id) return full('diff: the job snapshot is gone; every row is shipped');
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
-    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed,
+    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),
   };
   const t0 = Date.now();
   const rows = await rowsOf(sql, base, task.snapshot_id, task.row_estimate);
@@ -55,27 +58,32 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   const fineBits = fineBitsFor(rows);
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
+  let rescanned = false;
   const both = async (coarse: Buffer | null) => {
     const [mine, theirs] = await Promise.all([
       digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
-      peerDigests(target, task, fineBits, coarse),
+      peerDigests(target, task, fineBits, coarse, base.session!),
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
+    if (coarse && mine.scanned) rescanned = true;
     return differingSlots(mine.digests, theirs.digests);
   };
   const coarseDiff = await both(null);
   const tCoarse = Date.now();
+  // The target's cached sums expire (or are evicted) by themselves when no fine round asks for them.
   if (coarseDiff.length > coarseCount * MAX_DIFFERING_SHARE) {
+    dropDigests({ ...base, fineBits, coarse: null }, task.snapshot_id);
     return full(`diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differ; every row is shipped`, wire);
   }
   let fine: number[] = [];
-  if (coarseDiff.length) {
+  if (!coarseDiff.length) dropDigests({ ...base, fineBits, coarse: null }, task.snapshot_id);
+  else {
     const slots = await both(bitmapOf(coarseCount, coarseDiff));
     const per = 2 ** COARSE_SHIFT;
     fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
   }
   const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
-  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire,
+  log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire, source_rescanned: rescanned,
     count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
   return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
 }
@@ -90,7 +98,7 @@ function describe(filter: BucketFilter, wire: number, lead: string): DiffDecisio
   };
 }
 
-async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null): Promise<pb.DiffReply__Output> {
+async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null, session: string): Promise<pb.DiffReply__Output> {
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(injectContext())) md.set(k, v);
   return call<pb.DiffRequest, pb.DiffReply__Output>(client as unknown as grpc.Client, 'DiffBuckets', {
@@ -98,7 +106,7 @@ async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fin
     schema: task.schema, table: task.table, columns: task.columns, key_columns: task.key_columns,
     range_after: task.range?.after ? { values: task.range.after as string[] } : null,
     range_upto: task.range?.upto ? { values: task.range.upto as string[] } : null,
-    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), hashed_columns: task.diff_hashed,
+    fine_bits: fineBits, coarse: coarse ?? Buffer.alloc(0), hashed_columns: task.diff_hashed, session,
   }, { metadata: md, deadlineMs: 30 * 60_000 });
 }
 

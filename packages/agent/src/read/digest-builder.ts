@@ -1,0 +1,162 @@
+import { invalidArgument } from '@syncflow/shared';
+import { COARSE_SHIFT, setBits } from './buckets.js';
+
+/**
+ * Diff re-sync digests, built in the agent from one pass over the table: PostgreSQL streams each
+ * row's (bucket hash, rest hash) as a binary COPY (buckets.ts), the agent adds the row into its fine
+ * bucket — a count and a sum mod 2^64 of a mixed 64-bit row value — and derives coarse digests from
+ * the fine sums. Addition makes the digest independent of row order; unlike an XOR, a duplicated row
+ * (keyless tables) does not cancel, and the count changes with it. The row value is mixed
+ * (a bijective 64-bit mix) before it is summed, so the XOR that combines column hashes inside a row
+ * and the sum across rows do not cancel each other out. All arithmetic is 32-bit (Math.imul), no
+ * BigInt per row.
+ */
+
+function fmix32(h: number): number {
+  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+let mixHi = 0, mixLo = 0;
+/** A bijective mix of a 64-bit value (hi, lo) into (mixHi, mixLo): each half is fmix32 of itself and the other. */
+function mix64(hi: number, lo: number): void {
+  const a = fmix32((lo ^ Math.imul(hi, 0x9e3779b1)) >>> 0);
+  const b = fmix32((hi ^ Math.imul(a, 0x85ebca77) ^ 0x27d4eb2f) >>> 0);
+  mixHi = b; mixLo = a;
+}
+
+/**
+ * A row's value: mix(bucket hash XOR mix(rest hash)) for keyed tables, mix(bucket hash) for keyless
+ * ones (their bucket hash covers every column). Returned as [hi, lo] (unsigned 32-bit halves).
+ */
+export function rowValue(bucketHi: number, bucketLo: number, rest: [number, number] | null): [number, number] {
+  let hi = bucketHi >>> 0, lo = bucketLo >>> 0;
+  if (rest) { mix64(rest[0] >>> 0, rest[1] >>> 0); hi = (hi ^ mixHi) >>> 0; lo = (lo ^ mixLo) >>> 0; }
+  mix64(hi, lo);
+  return [mixHi, mixLo];
+}
+
+/** A bucket's 8-byte digest from its row count and the sum of its row values mod 2^64; 0 only for an empty bucket. */
+export function digestOf(count: number, sumHi: number, sumLo: number): [number, number] {
+  if (count === 0) return [0, 0];
+  mix64(sumHi >>> 0, sumLo >>> 0);
+  mix64((mixHi ^ 0x5bd1e995) >>> 0, (mixLo ^ count) >>> 0);
+  return mixHi === 0 && mixLo === 0 ? [0, 1] : [mixHi, mixLo];
+}
+
+/**
+ * Per fine bucket: row count and sum of row values mod 2^64 (12 bytes a bucket: 48 MiB at 2^22
+ * buckets), interleaved (count, hi, lo) so that adding a row touches one cache line, not three.
+ */
+export class BucketSums {
+  readonly data: Uint32Array;
+  readonly mask: number;
+  rows = 0;
+
+  constructor(readonly fineBits: number) {
+    const n = 2 ** fineBits;
+    this.data = new Uint32Array(3 * n);
+    this.mask = n - 1;
+  }
+
+  static bytes(fineBits: number): number { return 12 * 2 ** fineBits; }
+
+  /** Adds one row: its bucket hash and, for a keyed table with non-key columns, its rest hash (unsigned 32-bit halves). */
+  add(bucketHi: number, bucketLo: number, restHi: number, restLo: number, hasRest: boolean): void {
+    let hi = bucketHi, lo = bucketLo;
+    if (hasRest) { mix64(restHi, restLo); hi = (hi ^ mixHi) >>> 0; lo = (lo ^ mixLo) >>> 0; }
+    mix64(hi, lo);
+    const d = this.data;
+    const i = 3 * (bucketLo & this.mask);
+    const s = d[i + 2]! + mixLo;
+    d[i + 2] = s >>> 0;
+    d[i + 1] = (d[i + 1]! + mixHi + (s > 0xffffffff ? 1 : 0)) >>> 0;
+    d[i]!++;
+    this.rows++;
+  }
+
+  get coarseCount(): number { return 2 ** (this.fineBits - COARSE_SHIFT); }
+
+  /** Digests of every coarse bucket, 8 bytes each (big-endian, 0 = empty), from the sums of its 16 fine buckets. */
+  coarseDigests(): Buffer {
+    const per = 2 ** COARSE_SHIFT;
+    const out = Buffer.alloc(this.coarseCount * 8);
+    for (let c = 0; c < this.coarseCount; c++) {
+      let n = 0, hi = 0, lo = 0;
+      const d = this.data;
+      for (let i = 3 * c * per; i < 3 * (c + 1) * per; i += 3) {
+        n += d[i]!;
+        const s = lo + d[i + 2]!;
+        lo = s >>> 0;
+        hi = (hi + d[i + 1]! + (s > 0xffffffff ? 1 : 0)) >>> 0;
+      }
+      const [dh, dl] = digestOf(n >>> 0, hi, lo);
+      out.writeUInt32BE(dh, c * 8); out.writeUInt32BE(dl, c * 8 + 4);
+    }
+    return out;
+  }
+
+  /** Digests of the 16 fine buckets of each coarse bucket set in `coarse`, in ascending order, 8 bytes each. */
+  fineDigests(coarse: Buffer): Buffer {
+    const per = 2 ** COARSE_SHIFT;
+    const asked = [...setBits(coarse, this.coarseCount)];
+    const out = Buffer.alloc(asked.length * per * 8);
+    let o = 0;
+    for (const c of asked) {
+      for (let f = c * per; f < (c + 1) * per; f++, o += 8) {
+        const [dh, dl] = digestOf(this.data[3 * f]!, this.data[3 * f + 1]!, this.data[3 * f + 2]!);
+        out.writeUInt32BE(dh, o); out.writeUInt32BE(dl, o + 4);
+      }
+    }
+    return out;
+  }
+}
+
+const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
+
+/**
+ * Feeds a binary COPY of rows of one or two non-NULL int8 fields — (bucket hash) or (bucket hash,
+ * rest hash) — into BucketSums, chunk by chunk (rows may straddle chunks).
+ */
+export class CopyHashReader {
+  #pending: Buffer = Buffer.alloc(0);
+  #header = false;
+  #done = false;
+
+  constructor(readonly sums: BucketSums, readonly fields: 1 | 2) {}
+
+  push(chunk: Buffer): void {
+    const buf = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : chunk;
+    let p = 0;
+    if (!this.#header) {
+      if (buf.length < 19) { this.#pending = buf; return; }
+      if (!buf.subarray(0, 11).equals(SIGNATURE)) throw invalidArgument('not a binary COPY stream');
+      const ext = buf.readUInt32BE(15);
+      if (buf.length < 19 + ext) { this.#pending = buf; return; }
+      p = 19 + ext;
+      this.#header = true;
+    }
+    const rowBytes = 2 + 12 * this.fields;
+    const sums = this.sums;
+    const two = this.fields === 2;
+    const u32 = (o: number) => ((buf[o]! << 24) | (buf[o + 1]! << 16) | (buf[o + 2]! << 8) | buf[o + 3]!) >>> 0;
+    while (p + 2 <= buf.length) {
+      const n = (buf[p]! << 8) | buf[p + 1]!;
+      if (n === 0xffff) { this.#done = true; p += 2; break; } // the trailer (-1)
+      if (n !== this.fields) throw invalidArgument(`binary COPY row has ${n} fields, expected ${this.fields}`);
+      if (p + rowBytes > buf.length) break;
+      if (u32(p + 2) !== 8 || (two && u32(p + 14) !== 8)) throw invalidArgument('binary COPY field is not a non-NULL int8');
+      if (two) sums.add(u32(p + 6), u32(p + 10), u32(p + 18), u32(p + 22), true);
+      else sums.add(u32(p + 6), u32(p + 10), 0, 0, false);
+      p += rowBytes;
+    }
+    this.#pending = p < buf.length ? Buffer.from(buf.subarray(p)) : Buffer.alloc(0);
+  }
+
+  /** Throws unless the stream ended with the COPY trailer. */
+  end(): void {
+    if (!this.#done || this.#pending.length) throw invalidArgument('binary COPY stream ended early');
+  }
+}
