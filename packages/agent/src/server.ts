@@ -4,6 +4,7 @@ import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
 import { prepareTarget, finalizeTarget } from './apply/target.js';
+import { restoreIndexes } from './apply/defer-indexes.js';
 import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
 import { splitPoints } from './read/split.js';
@@ -44,6 +45,12 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     FinalizeTarget: traced('finalize target', async (req: pb.FinalizeTargetRequest__Output) => {
       const { sql } = conn(req.connection);
       return finalizeTarget(sql, req, log);
+    }),
+    RestoreIndexes: traced('restore indexes', async (req: pb.RestoreIndexesRequest__Output) => {
+      const { sql } = conn(req.connection);
+      if (!req.job_id) throw invalidArgument('job_id is required');
+      // One at a time: the other tables of the load are still using the cores.
+      return { indexes_restored: await restoreIndexes(sql, req.job_id, 1, log, req.tables) };
     }),
     SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {
       const { sql } = conn(req.connection);

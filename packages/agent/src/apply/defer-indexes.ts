@@ -32,28 +32,43 @@ export async function deferIndexes(sql: Sql, jobId: string, tables: pb.TableRef_
   return n;
 }
 
-/** Rebuilds every index the job set aside, `parallel` at a time, each verified against its saved definition. */
-export async function restoreIndexes(sql: Sql, jobId: string, parallel: number, log: Logger): Promise<number> {
-  const rows = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
-    SELECT schema_name, table_name, name, definition FROM syncflow.deferred_indexes WHERE job_id = ${jobId} ORDER BY schema_name, table_name, name`;
+/**
+ * Rebuilds the indexes the job set aside (all, or those of `tables`), `parallel` at a time, each
+ * verified against its saved definition. Each is built in a transaction that holds its
+ * syncflow.deferred_indexes row locked: an early rebuild (a table whose load is done, while others
+ * load) and the job's finalize may overlap, and the second one waits, then finds the row gone.
+ */
+export async function restoreIndexes(sql: Sql, jobId: string, parallel: number, log: Logger, tables?: readonly pb.TableRef__Output[]): Promise<number> {
+  const all = await sql<{ schema_name: string; table_name: string; name: string }[]>`
+    SELECT schema_name, table_name, name FROM syncflow.deferred_indexes WHERE job_id = ${jobId} ORDER BY schema_name, table_name, name`;
+  const rows = tables ? all.filter((i) => tables.some((t) => t.schema === i.schema_name && t.name === i.table_name)) : [...all];
   let next = 0;
+  let rebuilt = 0;
   const worker = async () => {
     while (next < rows.length) {
       const i = rows[next++]!;
       const started = Date.now();
-      const current = await definitionOf(sql, i.schema_name, i.name);
-      // pg_get_indexdef() output read from this same database: DDL text, not user input.
-      if (current === null) await sql.unsafe(i.definition);
-      const rebuilt = await definitionOf(sql, i.schema_name, i.name);
-      if (rebuilt !== i.definition) {
-        throw new SyncflowError(ErrorKind.Internal, `index ${i.schema_name}.${i.name} was not restored as it was (saved in syncflow.deferred_indexes)`, { code: 'index_mismatch' });
-      }
-      await sql`DELETE FROM syncflow.deferred_indexes WHERE schema_name = ${i.schema_name} AND table_name = ${i.table_name} AND name = ${i.name}`;
+      const done = await sql.begin(async (txAny) => {
+        const tx = txAny as unknown as Sql;
+        const [saved] = await tx<{ definition: string }[]>`
+          SELECT definition FROM syncflow.deferred_indexes WHERE schema_name = ${i.schema_name} AND table_name = ${i.table_name} AND name = ${i.name} FOR UPDATE`;
+        if (!saved) return false; // rebuilt meanwhile by an overlapping call
+        // pg_get_indexdef() output read from this same database: DDL text, not user input.
+        if (await definitionOf(tx, i.schema_name, i.name) === null) await tx.unsafe(saved.definition);
+        const now = await definitionOf(tx, i.schema_name, i.name);
+        if (now !== saved.definition) {
+          throw new SyncflowError(ErrorKind.Internal, `index ${i.schema_name}.${i.name} was not restored as it was (saved in syncflow.deferred_indexes)`, { code: 'index_mismatch' });
+        }
+        await tx`DELETE FROM syncflow.deferred_indexes WHERE schema_name = ${i.schema_name} AND table_name = ${i.table_name} AND name = ${i.name}`;
+        return true;
+      });
+      if (!done) continue;
+      rebuilt++;
       log.info({ job: jobId, index: `${i.schema_name}.${i.name}`, ms: Date.now() - started }, 'index rebuilt');
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(parallel, rows.length)) }, worker));
-  return rows.length;
+  return rebuilt;
 }
 
 async function definitionOf(sql: Sql, schema: string, name: string): Promise<string | null> {

@@ -36,6 +36,8 @@ export interface RunnerDeps {
 export class JobRunner {
   readonly #chains = new Map<string, Promise<void>>();
   readonly #failures = new Map<string, number>();
+  /** Per job: tables whose early index rebuild was asked for (#rebuildLoaded). */
+  readonly #rebuilt = new Map<string, Set<string>>();
   constructor(private d: RunnerDeps) {}
 
   /** Serialises work per job inside this process. */
@@ -88,6 +90,34 @@ export class JobRunner {
       await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
       await this.d.jobs.moveTask(t.id, 'queued');
     }
+    this.#rebuildLoaded(job, tasks);
+  }
+
+  /**
+   * A table of a load whose every part is done gets its set-aside indexes back at once, while the
+   * other tables still load (as pgcopydb does), instead of all of them at the end. In the background:
+   * a failure only leaves them to the finalize, which rebuilds whatever is left.
+   */
+  #rebuildLoaded(job: JobRow, tasks: TaskRow[]): void {
+    const load = job.plan.loadTables ?? [];
+    if (!load.length) return;
+    const asked = this.#rebuilt.get(job.id) ?? new Set<string>();
+    this.#rebuilt.set(job.id, asked);
+    const ready = load.filter((t) => {
+      const parts = tasks.filter((x) => x.schema_name === t.schema && x.table_name === t.name);
+      return !asked.has(`${t.schema}.${t.name}`) && parts.length > 0 && parts.every((x) => x.state === 'done');
+    });
+    if (!ready.length) return;
+    for (const t of ready) asked.add(`${t.schema}.${t.name}`);
+    void (async () => {
+      const to = await this.d.connections.get(job.to_conn);
+      const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'RestoreIndexes', {
+        job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, tables: ready,
+      }, 30 * 60_000);
+      if (reply.indexes_restored) {
+        await this.d.jobs.log(job.id, null, 'info', `${reply.indexes_restored} index(es) rebuilt while the rest loads: ${ready.map((t) => `${t.schema}.${t.name}`).join(', ')}`);
+      }
+    })().catch((e) => this.d.log.warn({ job: job.id, err: scrubSecrets((e as Error).message) }, 'early index rebuild failed; the finalize rebuilds them'));
   }
 
   /** Every task ended, some not done: finalize what is safe, then completed_with_errors (some done) or failed (none). */
@@ -133,6 +163,7 @@ export class JobRunner {
   }
 
   #ended(jobId: string, state: string, tasks: TaskRow[]): void {
+    this.#rebuilt.delete(jobId);
     this.d.metrics.inc('syncflow_jobs_total', { state });
     this.d.metrics.inc('syncflow_rows_total', {}, tasks.reduce((s, t) => s + Number(t.rows), 0));
     reportJobEnd(this.d, jobId);
@@ -146,6 +177,7 @@ export class JobRunner {
     await this.d.flags.set(job.id, 'cancelled').catch(() => undefined);
     await this.#restoreTarget(job);
     await this.#releaseSnapshot(job);
+    this.#rebuilt.delete(job.id);
     if (await this.d.jobs.moveJob(job.id, 'failed', { error: message })) {
       await this.d.jobs.log(job.id, null, 'error', `job failed: ${message}`);
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
@@ -160,6 +192,7 @@ export class JobRunner {
     const job = await this.d.jobs.get(jobId);
     if (isTerminalJob(job.state)) return job;
     if (!(await this.d.jobs.moveJob(jobId, 'cancelled', { error: reason }))) return this.d.jobs.get(jobId);
+    this.#rebuilt.delete(jobId);
     await this.d.jobs.moveOpenTasks(jobId, 'cancelled', 'job cancelled');
     await this.d.flags.set(jobId, 'cancelled');
     await this.d.jobs.log(jobId, null, 'warn', `job ${reason}`);
