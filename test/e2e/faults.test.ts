@@ -34,10 +34,10 @@ beforeAll(async () => {
 
 afterAll(() => stopRegions({ stack, api }));
 
-async function start(db: string, maxAttempts: number): Promise<string> {
+async function start(db: string, maxAttempts: number, extra: Record<string, unknown> = {}): Promise<string> {
   await createTarget(b, db);
   await api.connection(db, b, db, 'b');
-  const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: BATCH, max_attempts: maxAttempts });
+  const job = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: db, mode: 'SYNC_MODE_UPSERT', batch_bytes: BATCH, max_attempts: maxAttempts, ...extra });
   return job.id;
 }
 
@@ -140,8 +140,10 @@ describe('the target database down for 20 s', () => {
 
 describe('pause and resume', () => {
   it('stops after the current batches, keeps still while paused, continues from the checkpoints', async () => {
-    const jobId = await start('pause', 3);
-    // inside the biggest table (items, the last ~55 of ~97 batches)
+    // 150,000 rows/s: the ~1 M rows take ~7 s, so the pause lands mid-job (unthrottled, the whole load
+    // can end before the CLI's pause arrives).
+    const jobId = await start('pause', 3, { max_rows_per_s: 150_000 });
+    // about half-way through the ~97 batches
     await batchesAtLeast('pause', jobId, rnd(50, 70));
     const p = await stack.cli(['job', 'pause', jobId]);
     expect(p.code, p.stderr).toBe(0);

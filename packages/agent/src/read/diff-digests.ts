@@ -1,3 +1,4 @@
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ident, invalidArgument, type Logger, type Sql, type pb } from '@syncflow/shared';
 import { keyCompare, joinFragments, keyVsSettings, setKeySettings } from './keys.js';
 import { keyTypes } from './hash-ranges.js';
@@ -109,7 +110,14 @@ export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output, log?: L
     fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns, session: req.session,
   });
   if (req.coarse.length && r.scanned) log?.info({ table: `${req.schema}.${req.table}`, fine_bits: req.fine_bits }, 'diff buckets: cached sums were gone (evicted, expired or another agent answered the coarse round); scanned again');
-  return { digests: r.digests, rows: r.rows };
+  // Digests cross the WAN: empty buckets (zeros) shrink to almost nothing.
+  const packed = deflateRawSync(r.digests, { level: 1 });
+  return packed.length < r.digests.length * 0.9 ? { digests: packed, rows: r.rows, deflated: true } : { digests: r.digests, rows: r.rows };
+}
+
+/** The digests of a DiffBuckets reply, inflated when they came deflated (at most 8 bytes per fine bucket). */
+export function replyDigests(reply: pb.DiffReply__Output, fineBits: number): Buffer {
+  return reply.deflated ? inflateRawSync(reply.digests, { maxOutputLength: 8 * 2 ** assertFineBits(fineBits) }) : reply.digests;
 }
 
 /**

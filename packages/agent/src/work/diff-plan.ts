@@ -1,6 +1,6 @@
 import { call, grpc, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
 import { randomUUID } from 'node:crypto';
-import { digestsOf, dropDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
+import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
@@ -66,7 +66,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
     if (coarse && mine.scanned) rescanned = true;
-    return differingSlots(mine.digests, theirs.digests);
+    return differingSlots(mine.digests, replyDigests(theirs, fineBits));
   };
   const coarseDiff = await both(null);
   const tCoarse = Date.now();

@@ -32,7 +32,18 @@ export async function retryTasks(d: RunnerDeps, runner: JobRunner, jobId: string
     if (job.plan.deferred.length || reload.length) {
       const to = await d.connections.get(job.to_conn);
       try {
-        await d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred, defer_index_tables: reload });
+        // A few tries: after a target outage the agent's first query may land on a pooled connection the
+        // database's restart killed (57P01, retryable).
+        const prepare = () => d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred, defer_index_tables: reload });
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await prepare();
+            break;
+          } catch (e) {
+            if (attempt >= 3 || !toSyncflowError(e).retryable) throw e;
+            await new Promise((r) => setTimeout(r, 500 * attempt));
+          }
+        }
       } catch (e) {
         throw toSyncflowError(e, 'preparing the target again');
       }
