@@ -1,4 +1,4 @@
-import type { CutBatch } from './copy-text.js';
+import { PendingBytes, type CutBatch } from './copy-text.js';
 
 /**
  * COPY binary format helpers (pure). A stream is a header (11-byte signature, int32 flags, int32
@@ -21,8 +21,7 @@ const OIDS_FLAG = 1 << 16;
  * possible; batches are slices of the driver's buffers.
  */
 export class TupleBatcher {
-  #chunks: Buffer[] = [];
-  #size = 0;
+  #pending = new PendingBytes();
   #header = true;  // the stream's header is not consumed yet
   #ended = false;  // the trailer was seen (and dropped)
   #pos = 0;        // pending offset of the first tuple not walked yet
@@ -40,12 +39,11 @@ export class TupleBatcher {
       if (chunk.length) throw new Error('binary COPY stream has bytes after its trailer');
       return [];
     }
-    this.#chunks.push(chunk);
-    this.#size += chunk.length;
+    this.#pending.push(chunk);
     if (this.#header && !this.#readHeader()) return [];
     const out: CutBatch[] = [];
-    while (!this.#ended && this.#size >= this.targetBytes && this.#size >= this.#need) {
-      const buf = this.#flat();
+    while (!this.#ended && this.#pending.size >= this.targetBytes && this.#pending.size >= this.#need) {
+      const buf = this.#pending.flat();
       const end = this.#walk(buf, this.targetBytes);
       if (end < 0) break;
       out.push(this.#take(buf, end));
@@ -56,25 +54,22 @@ export class TupleBatcher {
   /** The rest at end of stream: whole tuples up to the trailer. */
   end(): CutBatch | undefined {
     if (this.#header) throw new Error('binary COPY stream ended inside its header');
-    const buf = this.#flat();
+    const buf = this.#pending.flat();
     if (!this.#ended) this.#walk(buf, Infinity);
     if (!this.#ended) throw new Error('binary COPY stream ended inside a tuple, or without its trailer');
-    const batch = this.#tuples ? this.#take(buf, this.#pos) : undefined;
-    this.#chunks = [];
-    this.#size = 0;
+    const batch = this.#tuples ? this.#take(this.#pending.flat(), this.#pos) : undefined;
+    this.#pending.keep(Buffer.alloc(0));
     return batch;
   }
 
   #readHeader(): boolean {
-    if (this.#size < 19) return false;
-    const buf = this.#flat();
+    if (this.#pending.size < 19) return false;
+    const buf = this.#pending.flat();
     if (!buf.subarray(0, 11).equals(BINARY_SIGNATURE)) throw new Error('not a binary COPY stream (bad signature)');
     if (buf.readInt32BE(11) & OIDS_FLAG) throw new Error('binary COPY stream with OIDs is not supported');
     const len = 19 + buf.readInt32BE(15);
     if (buf.length < len) return false;
-    const rest = buf.subarray(len);
-    this.#chunks = rest.length ? [rest] : [];
-    this.#size = rest.length;
+    this.#pending.keep(buf.subarray(len));
     this.#header = false;
     return true;
   }
@@ -92,8 +87,7 @@ export class TupleBatcher {
       if (n === -1) {
         if (pos + 2 !== len) throw new Error('binary COPY stream has bytes after its trailer');
         this.#ended = true;
-        this.#chunks = pos ? [buf.subarray(0, pos)] : [];
-        this.#size = pos;
+        this.#pending.keep(buf.subarray(0, pos));
         break;
       }
       if (n < 0) throw new Error(`binary COPY tuple with ${n} fields`);
@@ -115,18 +109,9 @@ export class TupleBatcher {
     return -1;
   }
 
-  #flat(): Buffer {
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#size)];
-    return this.#chunks[0] ?? Buffer.alloc(0);
-  }
-
-  // Slices, not copies, as in RowBatcher: the driver's chunks are never written again.
   #take(buf: Buffer, end: number): CutBatch {
-    const data = buf.subarray(0, end);
-    const rest = buf.subarray(end);
+    const data = this.#pending.take(buf, end);
     const batch = { data, rows: this.#tuples, firstRow: data.subarray(0, this.#firstEnd), lastRow: data.subarray(this.#lastStart) };
-    this.#chunks = rest.length ? [rest] : [];
-    this.#size = rest.length;
     this.#pos = 0; this.#tuples = 0; this.#firstEnd = 0; this.#lastStart = 0; this.#need = 0;
     return batch;
   }

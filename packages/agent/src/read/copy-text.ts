@@ -63,13 +63,46 @@ export interface CutBatch {
 }
 
 /**
+ * The bytes a batcher holds that are not cut into a batch yet: the driver's chunks, joined only when
+ * a cut is looked for. Batches are slices, not copies: the chunks are the driver's fresh buffers
+ * (never written again), and a batch only lives until its ack; copying every byte once more cost a
+ * tenth of the reader's CPU.
+ */
+export class PendingBytes {
+  #chunks: Buffer[] = [];
+  size = 0;
+
+  push(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.size += chunk.length;
+  }
+
+  /** All pending bytes as one buffer. */
+  flat(): Buffer {
+    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.size)];
+    return this.#chunks[0] ?? Buffer.alloc(0);
+  }
+
+  /** Keeps only `rest` (a slice of flat()) pending. */
+  keep(rest: Buffer): void {
+    this.#chunks = rest.length ? [rest] : [];
+    this.size = rest.length;
+  }
+
+  /** Takes the first `end` bytes of flat() out; the rest stays pending. */
+  take(buf: Buffer, end: number): Buffer {
+    this.keep(buf.subarray(end));
+    return buf.subarray(0, end);
+  }
+}
+
+/**
  * Cuts a COPY byte stream into batches of whole rows. A batch ends at the end of the first row
  * that brings it to `targetBytes` or more — a rule that depends only on the bytes, never on how
  * the socket chunked them, so a re-read of the same snapshot yields the same batches.
  */
 export class RowBatcher {
-  #chunks: Buffer[] = [];
-  #size = 0;
+  #pending = new PendingBytes();
   #scanFrom = 0; // offset in the concatenated pending bytes already scanned for newlines
   constructor(private targetBytes: number) {}
 
@@ -77,11 +110,10 @@ export class RowBatcher {
 
   /** Feeds a chunk; returns the batches it completes. */
   push(chunk: Buffer): CutBatch[] {
-    this.#chunks.push(chunk);
-    this.#size += chunk.length;
+    this.#pending.push(chunk);
     const out: CutBatch[] = [];
-    while (this.#size >= this.targetBytes) {
-      const buf = this.#flat();
+    while (this.#pending.size >= this.targetBytes) {
+      const buf = this.#pending.flat();
       // the first newline at or after targetBytes-1 ends the batch
       const from = Math.max(this.#scanFrom, this.targetBytes - 1);
       const cut = buf.indexOf(NL, from);
@@ -93,24 +125,14 @@ export class RowBatcher {
 
   /** The rest at end of stream (always whole rows: COPY ends with a newline). */
   end(): CutBatch | undefined {
-    if (this.#size === 0) return undefined;
-    const buf = this.#flat();
+    if (this.#pending.size === 0) return undefined;
+    const buf = this.#pending.flat();
     if (buf[buf.length - 1] !== NL) throw new Error('COPY stream ended inside a row');
     return this.#take(buf, buf.length);
   }
 
-  #flat(): Buffer {
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks, this.#size)];
-    return this.#chunks[0] ?? Buffer.alloc(0);
-  }
-
-  // Slices, not copies: the chunks are the driver's fresh buffers (never written again), and a
-  // batch only lives until its ack; copying every byte once more cost a tenth of the reader's CPU.
   #take(buf: Buffer, end: number): CutBatch {
-    const data = buf.subarray(0, end);
-    const rest = buf.subarray(end);
-    this.#chunks = rest.length ? [rest] : [];
-    this.#size = rest.length;
+    const data = this.#pending.take(buf, end);
     this.#scanFrom = 0;
     return { data, rows: countRows(data), ...edgeRows(data) };
   }
