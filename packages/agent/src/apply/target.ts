@@ -113,9 +113,11 @@ function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: 
 
 /**
  * Re-creates every constraint this job set aside: added NOT VALID (it guards new rows at once), then
- * validated, two at a time. One that references an `unfinished` table and that the rows do not
- * satisfy (rows loaded into its table reference parent rows that have not arrived) is held: left
- * NOT VALID and kept in syncflow.deferred_constraints, so the finalize after a `job retry` validates it.
+ * validated, two at a time, and only then forgotten from syncflow.deferred_constraints — a validation
+ * cut short (the database restarting) is done again by the next finalize. One that references an
+ * `unfinished` table and that the rows do not satisfy (rows loaded into its table reference parent
+ * rows that have not arrived) is held: left NOT VALID and recorded, so the finalize after a
+ * `job retry` validates it. One that was NOT VALID before the job comes back NOT VALID.
  */
 export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, unfinished: readonly pb.TableRef__Output[] = []): Promise<{ restored: number; held: number }> {
   const rows = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
@@ -127,16 +129,13 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
       const exists = await tx`SELECT 1 FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
                                WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
       // The definition is pg_get_constraintdef() output read from this same database: DDL text, not user input.
-      if (exists.length === 0) await tx`ALTER TABLE ${ident(tx, c.schema_name, c.table_name)} ADD CONSTRAINT ${ident(tx, c.name)} ${tx.unsafe(c.definition)} NOT VALID`;
+      if (exists.length === 0) await tx`ALTER TABLE ${ident(tx, c.schema_name, c.table_name)} ADD CONSTRAINT ${ident(tx, c.name)} ${tx.unsafe(c.definition.replace(NOT_VALID, ''))} NOT VALID`;
       const [p] = await tx<{ schema: string; name: string }[]>`
         SELECT pn.nspname AS schema, p.relname AS name
         FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
         JOIN pg_class p ON p.oid = co.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
         WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
-      const parent = p && unfinished.some((u) => u.schema === p.schema && u.name === p.name) ? `${p.schema}.${p.name}` : null;
-      // Forgotten once back, unless it may have to wait for its parent.
-      if (!parent) await forget(tx, c);
-      return { c, parent };
+      return { c, parent: p && unfinished.some((u) => u.schema === p.schema && u.name === p.name) ? `${p.schema}.${p.name}` : null };
     }));
   }
   let restored = 0;
@@ -146,23 +145,25 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
   const worker = async () => {
     while (next < added.length) {
       const { c, parent } = added[next++]!;
-      try {
-        await sql`ALTER TABLE ${ident(sql, c.schema_name, c.table_name)} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
-      } catch (e) {
-        if (parent && (e as { code?: string }).code === '23503') {
-          log.warn({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name, parent }, 'foreign key back NOT VALID; validated once its parent table is synced');
-          held++;
-          continue;
+      if (!NOT_VALID.test(c.definition)) {
+        try {
+          await sql`ALTER TABLE ${ident(sql, c.schema_name, c.table_name)} VALIDATE CONSTRAINT ${ident(sql, c.name)}`;
+        } catch (e) {
+          if (parent && (e as { code?: string }).code === '23503') {
+            log.warn({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name, parent }, 'foreign key back NOT VALID; validated once its parent table is synced');
+            held++;
+            continue;
+          }
+          throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but not validated`);
         }
-        throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but existing rows violate it`);
       }
-      if (parent) await forget(sql, c);
       const [now] = await sql<{ d: string }[]>`
         SELECT pg_get_constraintdef(co.oid) AS d FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
         WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
       if (now?.d !== c.definition) {
         throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
       }
+      await forget(sql, c);
       log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
       restored++;
     }
@@ -170,6 +171,9 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
   await Promise.all(Array.from({ length: Math.min(PARALLEL_JOBS, added.length) }, worker));
   return { restored, held };
 }
+
+/** pg_get_constraintdef()'s mark of a constraint not validated. */
+const NOT_VALID = / NOT VALID$/;
 
 async function forget(sql: Sql, c: { schema_name: string; table_name: string; name: string }): Promise<void> {
   await sql`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
