@@ -1,6 +1,6 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ident, invalidArgument, type Sql } from '@syncflow/shared';
-import { joinFragments } from './keys.js';
+import { joinFragments, columnTypes } from './keys.js';
 import { pinTextForms } from './text-forms.js';
 
 /**
@@ -50,12 +50,11 @@ export interface BucketSpec {
 /** The type names of the hashed columns (a type outside pg_catalog is named '' and hashed as a record). */
 export async function hashedTypes(tx: Sql, schema: string, table: string, hashed: readonly string[]): Promise<Map<string, string>> {
   if (!hashed.length) return new Map();
-  const rows = await tx<{ n: string; t: string }[]>`
-    SELECT a.attname AS n, CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace THEN ty.typname::text ELSE '' END AS t
-    FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
-    WHERE a.attrelid = (SELECT c.oid FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = ${schema} AND c.relname = ${table})
-      AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY(${hashed as string[]}::text[])`;
-  return new Map(rows.map((r) => [r.n, r.t]));
+  const types = await columnTypes(tx, schema, table);
+  return new Map(hashed.flatMap((c) => {
+    const t = types.get(c);
+    return t ? [[c, t.schema === 'pg_catalog' ? t.name : ''] as [string, string]] : [];
+  }));
 }
 
 const col = (sql: Sql, alias: string, c: string) => (alias ? sql`${ident(sql, alias)}.${ident(sql, c)}` : ident(sql, c));

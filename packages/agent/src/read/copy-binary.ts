@@ -14,6 +14,18 @@ export const BINARY_TRAILER = Buffer.from([0xff, 0xff]);
 const OIDS_FLAG = 1 << 16;
 
 /**
+ * The length of the binary COPY header at the start of `buf`, 0 while it is incomplete; throws on a
+ * stream that is not binary COPY, or one with OIDs.
+ */
+export function binaryHeaderLength(buf: Buffer): number {
+  if (buf.length < 19) return 0;
+  if (!buf.subarray(0, 11).equals(BINARY_SIGNATURE)) throw new Error('not a binary COPY stream (bad signature)');
+  if (buf.readInt32BE(11) & OIDS_FLAG) throw new Error('binary COPY stream with OIDs is not supported');
+  const len = 19 + buf.readInt32BE(15);
+  return buf.length < len ? 0 : len;
+}
+
+/**
  * Cuts a binary COPY stream into batches of whole tuples, by the rule of RowBatcher (copy-text.ts):
  * a batch ends at the end of the first tuple that brings it to `targetBytes` or more — a rule on the
  * bytes only, so a re-read of the same snapshot yields the same batches whatever the chunking.
@@ -63,12 +75,9 @@ export class TupleBatcher {
   }
 
   #readHeader(): boolean {
-    if (this.#pending.size < 19) return false;
     const buf = this.#pending.flat();
-    if (!buf.subarray(0, 11).equals(BINARY_SIGNATURE)) throw new Error('not a binary COPY stream (bad signature)');
-    if (buf.readInt32BE(11) & OIDS_FLAG) throw new Error('binary COPY stream with OIDs is not supported');
-    const len = 19 + buf.readInt32BE(15);
-    if (buf.length < len) return false;
+    const len = binaryHeaderLength(buf);
+    if (!len) return false;
     this.#pending.keep(buf.subarray(len));
     this.#header = false;
     return true;

@@ -1,5 +1,6 @@
 import { invalidArgument } from '@syncflow/shared';
 import { COARSE_SHIFT, setBits } from './buckets.js';
+import { binaryHeaderLength } from './copy-binary.js';
 
 /**
  * Diff re-sync digests, built in the agent from one pass over the table: PostgreSQL streams each
@@ -114,8 +115,6 @@ export class BucketSums {
   }
 }
 
-const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
-
 /**
  * Feeds a binary COPY of rows of one or two non-NULL int8 fields — (bucket hash) or (bucket hash,
  * rest hash) — into BucketSums, chunk by chunk (rows may straddle chunks).
@@ -131,11 +130,8 @@ export class CopyHashReader {
     const buf = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : chunk;
     let p = 0;
     if (!this.#header) {
-      if (buf.length < 19) { this.#pending = buf; return; }
-      if (!buf.subarray(0, 11).equals(SIGNATURE)) throw invalidArgument('not a binary COPY stream');
-      const ext = buf.readUInt32BE(15);
-      if (buf.length < 19 + ext) { this.#pending = buf; return; }
-      p = 19 + ext;
+      p = binaryHeaderLength(buf);
+      if (!p) { this.#pending = buf; return; }
       this.#header = true;
     }
     const rowBytes = 2 + 12 * this.fields;

@@ -1,5 +1,5 @@
 import { ident, identList, invalidArgument, notFound, displayName, type Sql, type pb } from '@syncflow/shared';
-import { keyCompare, joinFragments, type KeySpec } from './keys.js';
+import { keyCompare, joinFragments, columnTypes, type KeySpec } from './keys.js';
 import { useSnapshot } from './snapshot.js';
 import { pinTextForms } from './text-forms.js';
 
@@ -65,14 +65,11 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
 /** This database's own types of the key columns (the other side's may differ: int4 here, int8 there). */
 export async function keyTypes(tx: Sql, req: Pick<pb.HashRangesRequest__Output, 'schema' | 'table' | 'key'>): Promise<{ schema: string; name: string }[]> {
   if (!req.key.length) return [];
-  const rows = await tx<{ name: string; type_schema: string; type_name: string }[]>`
-    SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name
-    FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-    WHERE a.attrelid = to_regclass(format('%I.%I', ${req.schema}::text, ${req.table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
-  if (!rows.length) throw notFound(`table ${displayName(req.schema, req.table)} does not exist`);
+  const types = await columnTypes(tx, req.schema, req.table);
+  if (!types.size) throw notFound(`table ${displayName(req.schema, req.table)} does not exist`);
   return req.key.map((k) => {
-    const r = rows.find((x) => x.name === k.name);
-    if (!r) throw invalidArgument(`key column ${k.name} not found in ${displayName(req.schema, req.table)}`);
-    return { schema: r.type_schema, name: r.type_name };
+    const t = types.get(k.name);
+    if (!t) throw invalidArgument(`key column ${k.name} not found in ${displayName(req.schema, req.table)}`);
+    return t;
   });
 }

@@ -1,5 +1,17 @@
 import { ident, identList, type Sql } from '@syncflow/shared';
 
+/**
+ * The types of a table's columns in this database, by column name (empty when there is no such
+ * table): the one catalog lookup behind key casts (keyTypes) and typed bucket hashes (hashedTypes).
+ */
+export async function columnTypes(sql: Sql, schema: string, table: string): Promise<Map<string, { schema: string; name: string }>> {
+  const rows = await sql<{ name: string; type_schema: string; type_name: string }[]>`
+    SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name
+    FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    WHERE a.attrelid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
+  return new Map(rows.map((r) => [r.name, { schema: r.type_schema, name: r.type_name }]));
+}
+
 export interface KeySpec {
   columns: readonly string[];
   types: readonly { schema: string; name: string }[];

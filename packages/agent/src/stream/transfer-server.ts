@@ -7,6 +7,7 @@ import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
 import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledger.js';
 import { restartTask } from '../apply/restart.js';
 import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
+import { columnTypes } from '../read/keys.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
 
@@ -128,13 +129,10 @@ function copyFormatFromWire(f: string): CopyFormat {
 /** The target's own types of the key columns (casts on the target use the target's catalog). */
 async function keyTypes(sql: Sql, spec: ApplySpec): Promise<{ schema: string; name: string }[]> {
   if (spec.key.columns.length === 0) return [];
-  const rows = await sql<{ name: string; type_schema: string; type_name: string }[]>`
-    SELECT a.attname AS name, tn.nspname AS type_schema, t.typname AS type_name
-    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-    WHERE a.attrelid = to_regclass(format('%I.%I', ${spec.schema}::text, ${spec.table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
+  const types = await columnTypes(sql, spec.schema, spec.table);
   return spec.key.columns.map((c) => {
-    const r = rows.find((x) => x.name === c);
-    if (!r) throw invalidArgument(`key column ${c} not found on target table ${spec.schema}.${spec.table}`);
-    return { schema: r.type_schema, name: r.type_name };
+    const t = types.get(c);
+    if (!t) throw invalidArgument(`key column ${c} not found on target table ${spec.schema}.${spec.table}`);
+    return t;
   });
 }
