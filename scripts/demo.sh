@@ -16,8 +16,8 @@ ROOT=$PWD
 DEMO=$ROOT/.syncflow/demo
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -n "$PGBIN" ] || PGBIN=$(dirname "$(command -v initdb)")
-CHINOOK=$ROOT/../shared/datasets/chinook.sql
-[ -f "$CHINOOK" ] || { echo "demo: Chinook not found at $CHINOOK (shared/ must sit beside the repository)" >&2; exit 1; }
+CHINOOK=$ROOT/test/fixtures/datasets/chinook.sql
+[ -f "$CHINOOK" ] || { echo "demo: Chinook not found at $CHINOOK" >&2; exit 1; }
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
