@@ -77,11 +77,17 @@ describe('bad input gets the right status and a one-line CLI error, and nothing 
     expect(await api.status('GetJob', { id: 'not-a-uuid' })).toBe('INVALID_ARGUMENT');
     expect(await api.status('StartSync', { from: 'src', to: 'dst', batch_bytes: 5 })).toBe('INVALID_ARGUMENT');
     expect(await api.status('StartSync', { from: 'src', to: 'src' })).toBe('INVALID_ARGUMENT');
+    // binary is chosen per table by the planner, never forced; diff is auto or off
+    expect(await api.status('StartSync', { from: 'src', to: 'dst', copy_format: 'binary' })).toBe('INVALID_ARGUMENT');
+    expect(await api.status('StartSync', { from: 'src', to: 'dst', diff: 'sometimes' })).toBe('INVALID_ARGUMENT');
     expect(await api.status('GetJob', { id: '00000000-0000-4000-8000-000000000000' })).toBe('NOT_FOUND');
     expect(await api.status('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' })).toBe('ALREADY_EXISTS');
     const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--mode', 'bogus']);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    const f = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--copy-format', 'binary']);
+    expect(f.code).toBe(2);
+    expect(f.stderr.trim().split('\n')).toHaveLength(1);
     await nothingWritten('app');
   });
 
