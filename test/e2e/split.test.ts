@@ -65,6 +65,13 @@ describe('big tables in parts', () => {
     const byTable = (name: string) => job.tasks.filter((t) => t.table === name);
     expect(byTable('orders').length).toBe(parts.orders);
     expect(byTable('orders').reduce((s, t) => s + Number(t.rows), 0)).toBe(60000);
+    // SYNCFLOW_AGENT_CONCURRENCY holds with many parts queued at once: a task keeps its slot from
+    // before its "started" to after its "done", so no more than 3 of the one source agent overlap.
+    const edges = job.tasks.flatMap((t) => [[Date.parse(t.started_at), 1], [Date.parse(t.finished_at), -1]] as const)
+      .sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    let running = 0, most = 0;
+    for (const [, d] of edges) most = Math.max(most, (running += d));
+    expect(most, 'tasks running at once on the one source agent').toBeLessThanOrEqual(3);
     expect(diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')))).toEqual([]);
 
     // The report is made when the job ends and kept in the control DB, without anyone asking for it.

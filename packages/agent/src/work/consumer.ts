@@ -14,6 +14,8 @@ export interface ConsumerOptions { group: string; concurrency: number; ackWaitMs
  */
 export class TaskConsumer {
   #active = new Map<string, AbortController>();
+  /** Slots taken: counted when a message arrives, before its first await, so a burst of messages cannot overrun the limit. */
+  #slots = 0;
   #stopping = false;
   #loop: Promise<void> | undefined;
 
@@ -38,9 +40,12 @@ export class TaskConsumer {
     const name = await ensureGroupConsumer(jsm, names, this.opts.group, this.opts);
     await pullEach(js, names.tasksStream, name, log, {
       stopping: () => this.#stopping,
-      ready: async () => { while (this.#active.size >= this.opts.concurrency && !this.#stopping) await sleep(100); },
+      ready: async () => { while (this.#slots >= this.opts.concurrency && !this.#stopping) await sleep(100); },
       expiresMs: 2_000,
-    }, (m) => { void this.#handle(m); });
+    }, (m) => {
+      this.#slots++;
+      void this.#handle(m).finally(() => { this.#slots--; });
+    });
   }
 
   // term() without a reason: nats-server 2.9 does not know "+TERM <reason>", ignores it, and
