@@ -101,7 +101,9 @@ describe('diff re-sync', () => {
     expect(await same()).toEqual([]);
     // One line per table: "diff: N of M coarse buckets differed, F of T fine buckets; R rows shipped".
     expect(diffLines).toHaveLength(4);
-    for (const l of diffLines) expect(l).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets; \d+ rows shipped/);
+    for (const l of diffLines) expect(l).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets(, prepared ahead of its FK level)?; \d+ rows shipped/);
+    // orders (FK level 1) compared its buckets while its parents shipped: the source agent had its filter ready.
+    expect(diffLines.find((l) => l.startsWith('public.orders:'))).toContain('prepared ahead of its FK level');
     const shipped = Number(job.rows);
     console.log(`[diff] ${changed} rows changed; re-sync shipped ${shipped} of ${TOTAL} rows, deleted ${job.rows_deleted}\n  ${diffLines.join('\n  ')}`);
     expect(shipped).toBeGreaterThanOrEqual(changed * 0.5); // deletes ship nothing; every update and insert ships

@@ -8,6 +8,7 @@ import { agentService } from './server.js';
 import { AgentClients } from './clients.js';
 import { TaskConsumer } from './work/consumer.js';
 import { JobLimiters, InflightBytes } from './work/limits.js';
+import { DiffPrefetch } from './work/diff-prefetch.js';
 
 const VERSION = '0.1.0';
 
@@ -25,8 +26,9 @@ async function main(): Promise<void> {
     writeLimit: { rowsPerS: cfg.SYNCFLOW_DB_MAX_ROWS_PER_S, bytesPerS: cfg.SYNCFLOW_DB_MAX_BYTES_PER_S },
   }, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
   const snapshots = new SnapshotHolder(log);
+  const prefetch = new DiffPrefetch(log);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
-  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
+  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, prefetch, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
   const port = await bind(server, cfg.SYNCFLOW_LISTEN, serverCredentials(tls));
   const address = cfg.SYNCFLOW_ADVERTISE ?? `${cfg.SYNCFLOW_LISTEN.replace(/:\d+$/, '')}:${port}`;
 
@@ -41,8 +43,9 @@ async function main(): Promise<void> {
   const rates = await JobRates.open(nc, n);
   await rates.watch();
   const clients = new AgentClients(tls, cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
+  prefetch.attach({ pools, registry, clients });
   const consumer = new TaskConsumer({
-    agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, log,
+    agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, prefetch, log,
     limiters: new JobLimiters(rates, registry, cfg.SYNCFLOW_AGENT_GROUP), inflight: new InflightBytes(cfg.SYNCFLOW_INFLIGHT_BYTES),
   }, { group: cfg.SYNCFLOW_AGENT_GROUP, concurrency: cfg.SYNCFLOW_AGENT_CONCURRENCY, ackWaitMs: cfg.SYNCFLOW_TASK_ACK_WAIT_MS, maxDeliver: cfg.SYNCFLOW_TASK_MAX_DELIVER });
 

@@ -1,4 +1,4 @@
-import { grpc, unary, invalidArgument, withSpan, metadataCarrier, extractContext, SpanKind, type Logger, type pb } from '@syncflow/shared';
+import { grpc, unary, invalidArgument, taskMessage, decodeJson, withSpan, metadataCarrier, extractContext, SpanKind, type Logger, type pb } from '@syncflow/shared';
 import type { Pools } from './pools.js';
 import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
@@ -10,9 +10,10 @@ import { transferHandler } from './stream/transfer-server.js';
 import { splitPoints } from './read/split.js';
 import { diffBuckets } from './read/diff-digests.js';
 import { safetyHandlers } from './safety-rpc.js';
+import type { DiffPrefetch } from './work/diff-prefetch.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
-export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, undoRetentionHours = 168): pb.AgentServiceHandlers {
+export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, prefetch: DiffPrefetch, undoRetentionHours = 168): pb.AgentServiceHandlers {
   const conn = (c: pb.SealedConnection__Output | null) => {
     if (!c?.sealed_url) throw invalidArgument('connection is required');
     return { c, ...pools.get(c) };
@@ -59,6 +60,14 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     DiffBuckets: traced('diff buckets', async (req: pb.DiffRequest__Output) => {
       const { sql } = conn(req.connection);
       return diffBuckets(sql, req, log);
+    }),
+    PrepareDiffs: traced('prepare diffs', async (req: pb.PrepareDiffsRequest__Output) => {
+      const tasks = req.tasks.map((b, i) => {
+        const t = taskMessage.safeParse(decodeJson(b));
+        if (!t.success) throw invalidArgument(`tasks[${i}] is not a task message: ${t.error.issues[0]?.path.join('.') || 'JSON'} ${t.error.issues[0]?.message ?? ''}`.trim());
+        return t.data;
+      });
+      return { accepted: prefetch.add(tasks) };
     }),
     Transfer: transferHandler(pools, log),
     ...safetyHandlers(pools, log, traced, undoRetentionHours),

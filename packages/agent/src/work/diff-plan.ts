@@ -39,7 +39,8 @@ const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, not
  * batch of a task is applied under the same filter, so what was skipped as equal stays equal.
  */
 export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient,
-  start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean, log: Logger): Promise<DiffDecision> {
+  start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean, log: Logger,
+  prepared?: Promise<DiffDecision>): Promise<DiffDecision> {
   if (start.committedSeq > 0) {
     const pinned = unpackFilter(start.diff);
     if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
@@ -48,6 +49,22 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   }
   // Both sides must hash the same rows the reader will read: only inside the job snapshot.
   if (!snapshotUsable || !task.snapshot_id) return full('diff: the job snapshot is gone; every row is shipped');
+  // Decided ahead of the task's FK level (work/diff-prefetch.ts); computed here if that failed.
+  const early = await prepared?.catch((e) => {
+    log.warn({ err: (e as Error).message }, 'diff: the filter prepared ahead failed; computing it now');
+    return undefined;
+  });
+  if (early) return { ...early, note: `${early.note}, prepared ahead of its FK level` };
+  return computeDiff(task, sql, target, log);
+}
+
+/**
+ * Both rounds of a task's diff in the job snapshot against the target's current state. Valid until
+ * the task ships: nothing of this job writes the task's table on the target before then (parents'
+ * upserts touch other tables; mirror deletes wait for the finalize).
+ */
+export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger): Promise<DiffDecision> {
+  if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
     after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),

@@ -10,6 +10,7 @@ import { TransferSender, type TransferStart } from '../stream/transfer-client.js
 import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
 import { decideDiff, diffSummary } from './diff-plan.js';
+import type { DiffPrefetch } from './diff-prefetch.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -22,6 +23,8 @@ export interface TaskDeps {
   creditWindow: number;
   limiters: JobLimiters;
   inflight: InflightBytes;
+  /** Diff decisions prepared ahead of the tasks' FK levels (PrepareDiffs). */
+  prefetch?: DiffPrefetch;
   log: Logger;
 }
 
@@ -128,7 +131,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
       const diff = task.diff
-        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog)
+        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog, deps.prefetch?.take(task))
         : null;
       if (diff?.message) sender.sendDiff(diff.message);
 

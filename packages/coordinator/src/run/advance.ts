@@ -38,6 +38,8 @@ export class JobRunner {
   readonly #failures = new Map<string, number>();
   /** Per job: tables whose early index rebuild was asked for (#rebuildLoaded). */
   readonly #rebuilt = new Map<string, Set<string>>();
+  /** Jobs whose later levels' diffs were handed to a source agent (#prepareDiffs). */
+  readonly #diffsAsked = new Set<string>();
   constructor(private d: RunnerDeps) {}
 
   /** Serialises work per job inside this process. */
@@ -91,6 +93,24 @@ export class JobRunner {
       await this.d.jobs.moveTask(t.id, 'queued');
     }
     this.#rebuildLoaded(job, tasks);
+    this.#prepareDiffs(job, open, level, from);
+  }
+
+  /**
+   * Diff re-sync: the tasks of later FK levels compare their buckets with the target's now, on a
+   * source agent, while this level ships (work/diff-prefetch.ts in the agent); only the shipping waits
+   * for the parents. Once per job and coordinator process; in the background, and only a speed-up:
+   * a task whose filter was not prepared (another agent took it, the call failed) computes its own.
+   */
+  #prepareDiffs(job: JobRow, open: TaskRow[], level: number, from: { agent_group: string }): void {
+    if (this.#diffsAsked.has(job.id)) return;
+    const later = open.filter((t) => t.level > level && t.state === 'pending' && t.message.diff).sort((x, y) => x.level - y.level);
+    if (!later.length) return;
+    this.#diffsAsked.add(job.id);
+    void this.d.agents.call<pb.PrepareDiffsReply__Output>(from.agent_group, 'PrepareDiffs', {
+      tasks: later.map((t) => Buffer.from(JSON.stringify(t.message))),
+    }).then((r) => this.d.log.info({ job: job.id, tasks: later.length, accepted: r.accepted }, 'diffs of later FK levels handed to a source agent'))
+      .catch((e) => this.d.log.warn({ job: job.id, err: scrubSecrets((e as Error).message) }, 'could not hand diffs of later FK levels to a source agent; each task computes its own'));
   }
 
   /**
@@ -164,6 +184,7 @@ export class JobRunner {
 
   #ended(jobId: string, state: string, tasks: TaskRow[]): void {
     this.#rebuilt.delete(jobId);
+    this.#diffsAsked.delete(jobId);
     this.d.metrics.inc('syncflow_jobs_total', { state });
     this.d.metrics.inc('syncflow_rows_total', {}, tasks.reduce((s, t) => s + Number(t.rows), 0));
     reportJobEnd(this.d, jobId);
@@ -178,6 +199,7 @@ export class JobRunner {
     await this.#restoreTarget(job);
     await this.#releaseSnapshot(job);
     this.#rebuilt.delete(job.id);
+    this.#diffsAsked.delete(job.id);
     if (await this.d.jobs.moveJob(job.id, 'failed', { error: message })) {
       await this.d.jobs.log(job.id, null, 'error', `job failed: ${message}`);
       this.d.log.error({ job: job.id, reason: message }, 'job failed');
@@ -193,6 +215,7 @@ export class JobRunner {
     if (isTerminalJob(job.state)) return job;
     if (!(await this.d.jobs.moveJob(jobId, 'cancelled', { error: reason }))) return this.d.jobs.get(jobId);
     this.#rebuilt.delete(jobId);
+    this.#diffsAsked.delete(jobId);
     await this.d.jobs.moveOpenTasks(jobId, 'cancelled', 'job cancelled');
     await this.d.flags.set(jobId, 'cancelled');
     await this.d.jobs.log(jobId, null, 'warn', `job ${reason}`);
