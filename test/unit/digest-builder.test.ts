@@ -105,7 +105,7 @@ describe('diff digests built in the agent', () => {
     for (const fields of [1, 2] as const) {
       const whole = copyBinary(rows, fields);
       const direct = build(10, rows, fields === 2);
-      for (const size of [1, 7, 26, 4096]) {
+      for (const size of [1, 7, 26, 63, 64, 65, 100, 4096]) {
         const s = new BucketSums(10);
         const r = new CopyHashReader(s, fields);
         for (let o = 0; o < whole.length; o += size) r.push(whole.subarray(o, o + size));
