@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestStack, databaseHashes, diffHashes, waitFor, type PgCluster } from '../harness/index.js';
 import { Api } from '../harness/api.js';
-import type { pb } from '../../packages/shared/src/index.js';
+import { call, grpc, loadProtos, type pb } from '../../packages/shared/src/index.js';
 
 /**
  * Diff re-sync (issue 5): after a first sync, ~1 % of the source changes (updates, deletes and
@@ -114,6 +114,21 @@ describe('diff re-sync', () => {
     expect(logs).toContain('"source_rescanned":false');
     expect(logs).not.toContain('"source_rescanned":true');
     expect(logs).not.toContain('scanned again');
+  });
+
+  it('PrepareDiffs refuses what is not a task message: INVALID_ARGUMENT naming it, nothing queued', async () => {
+    const ready = stack.logs().split('\n').find((l) => l.includes('"msg":"agent ready"') && l.includes('"group":"a"'))!;
+    const address = JSON.parse(ready.slice(ready.indexOf('{'))).address as string;
+    const AgentService = loadProtos().proto.syncflow.v1.AgentService;
+    const client = new AgentService(address, grpc.credentials.createInsecure());
+    try {
+      const bad = call(client, 'PrepareDiffs', { tasks: [Buffer.from('{"job_id": 1}')] });
+      await expect(bad).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/^tasks\[0\] is not a task message: \w+ /) });
+      await expect(call(client, 'PrepareDiffs', { tasks: [Buffer.from('not json')] })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+      expect(await call(client, 'PrepareDiffs', { tasks: [] })).toMatchObject({ accepted: 0 });
+    } finally {
+      client.close();
+    }
   });
 
   it('with nothing changed, ships no rows', async () => {

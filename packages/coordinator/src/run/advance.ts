@@ -27,6 +27,19 @@ export interface RunnerDeps {
 }
 
 /**
+ * Biggest parts first (the table's bytes from the plan over its parts): agents take tasks in publish
+ * order, so the longest ones start first instead of becoming the job's tail (longest processing time
+ * first). Measured at scale 1 with 6 tasks per agent: product_media (250 MB, one part) and
+ * attachments (160 MB of 40 rows) published last in name order finished seconds after the rest.
+ */
+function largestFirst(tasks: TaskRow[], plan: JobRow['plan']): TaskRow[] {
+  const tables = plan.tables as { schema: string; name: string; bytes?: string | number; parts?: number }[];
+  const size = new Map(tables.map((t) => [`${t.schema}.${t.name}`, Number(t.bytes ?? 0) / Math.max(1, t.parts ?? 1)]));
+  const of = (t: TaskRow) => size.get(`${t.schema_name}.${t.table_name}`) ?? 0;
+  return [...tasks].sort((a, b) => of(b) - of(a));
+}
+
+/**
  * Moves jobs forward from what the control DB says, so it is correct to call at any time and
  * again after a restart: publish the next FK level once the previous one has ended, block the
  * children of failed tables, and end the job once every task has ended: completed, or
@@ -88,7 +101,7 @@ export class JobRunner {
     }
     const level = Math.min(...open.map((t) => t.level));
     const from = await this.d.connections.get(job.from_conn);
-    for (const t of open.filter((x) => x.level === level && x.state === 'pending')) {
+    for (const t of largestFirst(open.filter((x) => x.level === level && x.state === 'pending'), job.plan)) {
       await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
       await this.d.jobs.moveTask(t.id, 'queued');
     }
