@@ -62,7 +62,7 @@ export const agentEnv = z.object({
   /** How long an open breaker refuses work before one probe is let through (doubles up to 60 s while probes fail). */
   SYNCFLOW_BREAKER_COOLDOWN_MS: z.coerce.number().int().min(100).max(600_000).default(2_000),
   /** Tasks this agent works on at once. */
-  SYNCFLOW_AGENT_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(6),
+  SYNCFLOW_AGENT_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(16),
   /** Batches in flight on one Transfer stream (credit window). */
   SYNCFLOW_CREDIT_WINDOW: z.coerce.number().int().min(1).max(64).default(4),
   /** Rate limits this agent applies, as a target, to each database it writes (0 = none). */
