@@ -6,6 +6,7 @@ import type { Pools } from '../pools.js';
 import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
 import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledger.js';
 import { restartTask } from '../apply/restart.js';
+import { registerUndoTable } from '../apply/undo.js';
 import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
 import { columnTypes } from '../read/keys.js';
 
@@ -63,6 +64,10 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
       await ensureTargetSchema(sql);
       return ledgerPosition(sql, spec.jobId, spec.taskId);
     });
+    // Registered once, committed, before any batch: every batch registers it again in its own
+    // transaction (ON CONFLICT DO NOTHING), which then finds a committed row instead of waiting for
+    // another part's uncommitted first batch (the parts of one table applied one after the other).
+    await registerUndoTable(sql, { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key });
     if (header.restart) {
       await restartTask(sql, spec);
       tlog.warn({ earlier_batches: pos.seq }, 'keyless table restarted: rows of earlier attempts deleted with their ledger rows');
