@@ -1,4 +1,5 @@
-import { grpc, loadProtos, clientOptions, channelCredentials, type pb, type TlsFiles } from '@syncflow/shared';
+import { grpc, clientOptions, channelCredentials, type pb, type TlsFiles } from '@syncflow/shared';
+import { agentClientClass } from './stream/batch-frame.js';
 
 /** One AgentService client per peer address, reused across tasks (HTTP/2 multiplexes streams). */
 export class AgentClients {
@@ -8,8 +9,9 @@ export class AgentClients {
   get(address: string): pb.AgentServiceClient {
     let c = this.#clients.get(address);
     if (!c) {
-      const { proto } = loadProtos();
-      c = new proto.syncflow.v1.AgentService(address, channelCredentials(this.tls), clientOptions(this.maxMessageBytes));
+      // Batches on Transfer skip two whole copies (stream/batch-frame.ts).
+      const Client = agentClientClass();
+      c = new Client(address, channelCredentials(this.tls), clientOptions(this.maxMessageBytes)) as unknown as pb.AgentServiceClient;
       this.#clients.set(address, c);
     }
     return c;
