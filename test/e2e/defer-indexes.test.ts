@@ -57,6 +57,10 @@ describe('indexes and foreign keys of an initial load', () => {
 
   it('are rebuilt after a complete load, definitions unchanged, data equal', async () => {
     await b.exec('lib', 'DROP TABLE books, authors; DROP SCHEMA syncflow CASCADE;' + SCHEMA);
+    // A bigger table of its own keeps the job loading after books and authors are done.
+    const pages = 'CREATE TABLE pages (id int PRIMARY KEY, body text NOT NULL);';
+    await a.exec('lib', pages + "INSERT INTO pages SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g; ANALYZE pages;");
+    await b.exec('lib', pages);
     const before = await definitions(b);
     const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b' });
     const done = await api.waitJob(job.id);
@@ -69,6 +73,20 @@ describe('indexes and foreign keys of an initial load', () => {
       .map((e) => /^(\d+) index\(es\) rebuilt|: \d+ row\(s\) deleted, (\d+) index\(es\) rebuilt/.exec(e.message))
       .reduce((n, m) => n + Number(m?.[1] ?? m?.[2] ?? 0), 0);
     await waitFor(async () => (await rebuilt()) === 3, { what: '3 indexes rebuilt in the job log', timeoutMs: 10_000 });
+    // The one foreign key (books -> authors): validated early, once books and authors were both loaded, or by the finalize.
+    const fks = async () => (await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id })).entries
+      .map((e) => /rebuilt and (\d+) foreign key\(s\) validated while|(\d+) constraint\(s\) restored/.exec(e.message))
+      .reduce((n, m) => n + Number(m?.[1] ?? m?.[2] ?? 0), 0);
+    await waitFor(async () => (await fks()) === 1, { what: '1 foreign key validated in the job log', timeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await fks(), 'validated once, not early and again by the finalize').toBe(1);
+    // ... early: books and authors were loaded while pages still was.
+    const lines = (await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id })).entries.map((e) => e.message).join('\n');
+    expect(lines).toMatch(/rebuilt and 1 foreign key\(s\) validated while the rest loads: .*public\.books/);
+    const [{ v }] = await b.sql('lib')<{ v: boolean }[]>`SELECT convalidated AS v FROM pg_constraint WHERE conname = 'books_author_id_fkey'`;
+    expect(v).toBe(true);
+    await a.exec('lib', 'DROP TABLE pages;');
+    await b.exec('lib', 'DROP TABLE pages;');
   });
 
   it('fail the job clearly, never stuck, when the data violates a foreign key set aside', async () => {

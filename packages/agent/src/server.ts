@@ -3,7 +3,7 @@ import type { Pools } from './pools.js';
 import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
-import { prepareTarget, finalizeTarget } from './apply/target.js';
+import { prepareTarget, finalizeTarget, restoreConstraints } from './apply/target.js';
 import { restoreIndexes } from './apply/defer-indexes.js';
 import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
@@ -51,7 +51,9 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       const { sql } = conn(req.connection);
       if (!req.job_id) throw invalidArgument('job_id is required');
       // One at a time: the other tables of the load are still using the cores.
-      return { indexes_restored: await restoreIndexes(sql, req.job_id, 1, log, req.tables) };
+      const indexes = req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0;
+      const fks = req.fk_tables.length ? await restoreConstraints(sql, req.job_id, log, [], req.fk_tables) : { restored: 0 };
+      return { indexes_restored: indexes, constraints_restored: fks.restored };
     }),
     SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {
       const { sql } = conn(req.connection);

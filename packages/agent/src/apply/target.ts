@@ -119,13 +119,20 @@ function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: 
  * rows that have not arrived) is held: left NOT VALID and recorded, so the finalize after a
  * `job retry` validates it. One that was NOT VALID before the job comes back NOT VALID.
  */
-export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, unfinished: readonly pb.TableRef__Output[] = []): Promise<{ restored: number; held: number }> {
-  const rows = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
+export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, unfinished: readonly pb.TableRef__Output[] = [],
+  only?: readonly pb.TableRef__Output[]): Promise<{ restored: number; held: number }> {
+  const all = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
     SELECT schema_name, table_name, name, definition FROM syncflow.deferred_constraints WHERE job_id = ${jobId} ORDER BY deferred_at, name`;
+  // `only`: the early restore of tables loaded with their parents, while the rest of the job loads.
+  const rows = only ? all.filter((c) => only.some((t) => t.schema === c.schema_name && t.name === c.table_name)) : all;
   const added: { c: typeof rows[number]; parent: string | null }[] = [];
   for (const c of rows) {
-    added.push(await sql.begin(async (txAny) => {
+    const one = await sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
+      // Its row locked first: an early restore and the finalize never add it twice; gone = validated meanwhile.
+      const mine = await tx`SELECT 1 FROM syncflow.deferred_constraints WHERE job_id = ${jobId} AND schema_name = ${c.schema_name}
+                              AND table_name = ${c.table_name} AND name = ${c.name} FOR UPDATE`;
+      if (mine.length === 0) return null;
       const exists = await tx`SELECT 1 FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
                                WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
       // The definition is pg_get_constraintdef() output read from this same database: DDL text, not user input.
@@ -136,7 +143,8 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
         JOIN pg_class p ON p.oid = co.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
         WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
       return { c, parent: p && unfinished.some((u) => u.schema === p.schema && u.name === p.name) ? `${p.schema}.${p.name}` : null };
-    }));
+    });
+    if (one) added.push(one);
   }
   let restored = 0;
   let held = 0;
@@ -163,7 +171,8 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
       if (now?.d !== c.definition) {
         throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
       }
-      await forget(sql, c);
+      // Counted by whoever forgets it (an early restore and the finalize may both have validated it).
+      if (!(await forget(sql, c))) continue;
       log.info({ job: jobId, table: `${c.schema_name}.${c.table_name}`, constraint: c.name }, 'foreign key restored and validated');
       restored++;
     }
@@ -175,6 +184,7 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
 /** pg_get_constraintdef()'s mark of a constraint not validated. */
 const NOT_VALID = / NOT VALID$/;
 
-async function forget(sql: Sql, c: { schema_name: string; table_name: string; name: string }): Promise<void> {
-  await sql`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
+async function forget(sql: Sql, c: { schema_name: string; table_name: string; name: string }): Promise<boolean> {
+  const r = await sql`DELETE FROM syncflow.deferred_constraints WHERE schema_name = ${c.schema_name} AND table_name = ${c.table_name} AND name = ${c.name}`;
+  return r.count > 0;
 }

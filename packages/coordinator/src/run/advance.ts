@@ -128,29 +128,35 @@ export class JobRunner {
 
   /**
    * A table of a load whose every part is done gets its set-aside indexes back at once, while the
-   * other tables still load (as pgcopydb does), instead of all of them at the end. In the background:
-   * a failure only leaves them to the finalize, which rebuilds whatever is left.
+   * other tables still load (as pgcopydb does), instead of all of them at the end; once its FK parents
+   * are done too, its set-aside foreign keys are added back and validated as well. In the background:
+   * a failure only leaves them to the finalize, which restores whatever is left.
    */
   #rebuildLoaded(job: JobRow, tasks: TaskRow[]): void {
     const load = job.plan.loadTables ?? [];
     if (!load.length) return;
     const asked = this.#rebuilt.get(job.id) ?? new Set<string>();
     this.#rebuilt.set(job.id, asked);
-    const ready = load.filter((t) => {
-      const parts = tasks.filter((x) => x.schema_name === t.schema && x.table_name === t.name);
-      return !asked.has(`${t.schema}.${t.name}`) && parts.length > 0 && parts.every((x) => x.state === 'done');
-    });
-    if (!ready.length) return;
-    for (const t of ready) asked.add(`${t.schema}.${t.name}`);
+    const key = (schema: string, name: string) => `${schema}.${name}`;
+    const open = new Set(tasks.filter((x) => x.state !== 'done').map((x) => key(x.schema_name, x.table_name)));
+    const done = (k: string) => !open.has(k) && tasks.some((x) => key(x.schema_name, x.table_name) === k);
+    const parents = new Map((job.plan.tables as { schema: string; name: string; depends_on?: string[] }[]).map((t) => [key(t.schema, t.name), t.depends_on ?? []]));
+    const ready = load.filter((t) => !asked.has(key(t.schema, t.name)) && done(key(t.schema, t.name)));
+    const fkReady = load.filter((t) => !asked.has(`fk:${key(t.schema, t.name)}`) && done(key(t.schema, t.name))
+      && (parents.get(key(t.schema, t.name)) ?? []).every(done));
+    if (!ready.length && !fkReady.length) return;
+    for (const t of ready) asked.add(key(t.schema, t.name));
+    for (const t of fkReady) asked.add(`fk:${key(t.schema, t.name)}`);
     void (async () => {
       const to = await this.d.connections.get(job.to_conn);
       const reply = await this.d.agents.call<pb.TargetReply__Output>(to.agent_group, 'RestoreIndexes', {
-        job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, tables: ready,
+        job_id: job.id, connection: { name: to.name, sealed_url: to.sealed_url }, tables: ready, fk_tables: fkReady,
       }, 30 * 60_000);
-      if (reply.indexes_restored) {
-        await this.d.jobs.log(job.id, null, 'info', `${reply.indexes_restored} index(es) rebuilt while the rest loads: ${ready.map((t) => `${t.schema}.${t.name}`).join(', ')}`);
+      if (reply.indexes_restored || reply.constraints_restored) {
+        const names = [...new Set([...ready, ...fkReady].map((t) => key(t.schema, t.name)))].join(', ');
+        await this.d.jobs.log(job.id, null, 'info', `${reply.indexes_restored} index(es) rebuilt and ${reply.constraints_restored} foreign key(s) validated while the rest loads: ${names}`);
       }
-    })().catch((e) => this.d.log.warn({ job: job.id, err: scrubSecrets((e as Error).message) }, 'early index rebuild failed; the finalize rebuilds them'));
+    })().catch((e) => this.d.log.warn({ job: job.id, err: scrubSecrets((e as Error).message) }, 'early index rebuild or foreign key validation failed; the finalize does it'));
   }
 
   /** Every task ended, some not done: finalize what is safe, then completed_with_errors (some done) or failed (none). */
