@@ -59,7 +59,7 @@ describe('indexes and foreign keys of an initial load', () => {
     await b.exec('lib', 'DROP TABLE books, authors; DROP SCHEMA syncflow CASCADE;' + SCHEMA);
     // A bigger table of its own keeps the job loading after books and authors are done.
     const pages = 'CREATE TABLE pages (id int PRIMARY KEY, body text NOT NULL);';
-    await a.exec('lib', pages + "INSERT INTO pages SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g; ANALYZE pages;");
+    await a.exec('lib', pages + "INSERT INTO pages SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 600000) g; ANALYZE pages;");
     await b.exec('lib', pages);
     const before = await definitions(b);
     const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b' });

@@ -50,9 +50,10 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     RestoreIndexes: traced('restore indexes', async (req: pb.RestoreIndexesRequest__Output) => {
       const { sql } = conn(req.connection);
       if (!req.job_id) throw invalidArgument('job_id is required');
-      // One at a time: the other tables of the load are still using the cores.
-      const indexes = req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0;
+      // Foreign keys first (their validation does not read the child's secondary indexes, and it is the
+      // shorter work), then the indexes one at a time: the other tables of the load still use the cores.
       const fks = req.fk_tables.length ? await restoreConstraints(sql, req.job_id, log, [], req.fk_tables) : { restored: 0 };
+      const indexes = req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0;
       return { indexes_restored: indexes, constraints_restored: fks.restored };
     }),
     SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {
