@@ -60,11 +60,23 @@ export class Pools {
   }
 }
 
-/** Runs a first query so a wrong URL or a down database fails with a typed error naming the connection. */
+/** Errors of a pooled connection that the database's restart killed while it sat idle. */
+const DEAD_CONNECTION = new Set(['57P01', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'ECONNRESET', 'EPIPE']);
+
+/**
+ * Runs a first query so a wrong URL or a down database fails with a typed error naming the connection.
+ * After a restart of the database every idle pooled connection is dead and each is found out only when
+ * used: tried again past them (up to the pool's size), so the caller's next queries get live ones.
+ */
 export async function checkReachable(sql: Sql, name: string): Promise<void> {
-  try {
-    await sql`SELECT 1`;
-  } catch (e) {
-    throw toSyncflowError(e, `database of connection "${name}"`);
+  const poolSize = (sql as unknown as { options?: { max?: number } }).options?.max ?? 10;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await sql`SELECT 1`;
+      return;
+    } catch (e) {
+      if (attempt <= poolSize && DEAD_CONNECTION.has(String((e as { code?: unknown }).code))) continue;
+      throw toSyncflowError(e, `database of connection "${name}"`);
+    }
   }
 }
