@@ -24,36 +24,35 @@ function fmix32(h: number): number {
 const mixLow = (hi: number, lo: number) => fmix32((lo ^ Math.imul(hi, 0x9e3779b1)) >>> 0);
 const mixHigh = (hi: number, low: number) => fmix32((hi ^ Math.imul(low, 0x85ebca77) ^ 0x27d4eb2f) >>> 0);
 
-let mixHi = 0, mixLo = 0;
-/** A bijective mix of a 64-bit value (hi, lo) into (mixHi, mixLo): each half is fmix32 of itself and the other. */
-function mix64(hi: number, lo: number): void {
-  mixLo = mixLow(hi, lo);
-  mixHi = mixHigh(hi, mixLo);
+/** The bijective 64-bit mix of (hi, lo), as [hi, lo]: each half is fmix32 of itself and the other. */
+function mix64(hi: number, lo: number): [number, number] {
+  const low = mixLow(hi, lo);
+  return [mixHigh(hi, low), low];
 }
 
 /**
  * A row's value: mix(bucket hash XOR mix(rest hash)) for keyed tables, mix(bucket hash) for keyless
- * ones (their bucket hash covers every column). Returned as [hi, lo] (unsigned 32-bit halves).
+ * ones (their bucket hash covers every column). Returned as [hi, lo] (unsigned 32-bit halves). The
+ * reference form of what addRow computes inline (the unit test checks one against the other).
  */
 export function rowValue(bucketHi: number, bucketLo: number, rest: [number, number] | null): [number, number] {
   let hi = bucketHi >>> 0, lo = bucketLo >>> 0;
-  if (rest) { mix64(rest[0] >>> 0, rest[1] >>> 0); hi = (hi ^ mixHi) >>> 0; lo = (lo ^ mixLo) >>> 0; }
-  mix64(hi, lo);
-  return [mixHi, mixLo];
+  if (rest) { const [rh, rl] = mix64(rest[0] >>> 0, rest[1] >>> 0); hi = (hi ^ rh) >>> 0; lo = (lo ^ rl) >>> 0; }
+  return mix64(hi, lo);
 }
 
 /** A bucket's 8-byte digest from its row count and the sum of its row values mod 2^64; 0 only for an empty bucket. */
 export function digestOf(count: number, sumHi: number, sumLo: number): [number, number] {
   if (count === 0) return [0, 0];
-  mix64(sumHi >>> 0, sumLo >>> 0);
-  mix64((mixHi ^ 0x5bd1e995) >>> 0, (mixLo ^ count) >>> 0);
-  return mixHi === 0 && mixLo === 0 ? [0, 1] : [mixHi, mixLo];
+  const [h1, l1] = mix64(sumHi >>> 0, sumLo >>> 0);
+  const [h, l] = mix64((h1 ^ 0x5bd1e995) >>> 0, (l1 ^ count) >>> 0);
+  return h === 0 && l === 0 ? [0, 1] : [h, l];
 }
 
 /**
- * Adds one row into interleaved (count, sum hi, sum lo) fine buckets. mix64 spelled out with locals,
- * as a plain function: through the module-level (mixHi, mixLo) and a method call it cost 2-3x per row
- * (measured).
+ * Adds one row into interleaved (count, sum hi, sum lo) fine buckets: rowValue spelled out with
+ * locals, in a plain function; through a shared mix state (or an array per row) and a method call it
+ * cost 2-3x per row (measured).
  */
 function addRow(d: Uint32Array, mask: number, bucketHi: number, bucketLo: number, restHi: number, restLo: number, hasRest: boolean): void {
   let hi = bucketHi, lo = bucketLo;
