@@ -48,9 +48,9 @@ export class Pools {
    */
   async guarded(conn: pb.SealedConnection__Output | { name: string; sealed_url: string }): Promise<PoolEntry & { url: string }> {
     const p = this.get(conn);
-    // Once more on failure: the first try can land on a pooled connection the database's restart
+    // Past dead connections: the first tries can land on pooled connections the database's restart
     // killed (57P01); seen opening the breaker again, for twice as long, right as the database was back.
-    await p.breaker.guard(() => p.sql`SELECT 1`.catch(() => p.sql`SELECT 1`));
+    await p.breaker.guard(() => selectOne(p.sql));
     return p;
   }
 
@@ -64,11 +64,11 @@ export class Pools {
 const DEAD_CONNECTION = new Set(['57P01', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'ECONNRESET', 'EPIPE']);
 
 /**
- * Runs a first query so a wrong URL or a down database fails with a typed error naming the connection.
- * After a restart of the database every idle pooled connection is dead and each is found out only when
- * used: tried again past them (up to the pool's size), so the caller's next queries get live ones.
+ * `SELECT 1` on a pool. After a restart of the database every idle pooled connection is dead and each
+ * is found out only when used: tried again past them (up to the pool's size), so the caller's next
+ * queries get live ones.
  */
-export async function checkReachable(sql: Sql, name: string): Promise<void> {
+async function selectOne(sql: Sql): Promise<void> {
   const poolSize = (sql as unknown as { options?: { max?: number } }).options?.max ?? 10;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -76,7 +76,12 @@ export async function checkReachable(sql: Sql, name: string): Promise<void> {
       return;
     } catch (e) {
       if (attempt <= poolSize && DEAD_CONNECTION.has(String((e as { code?: unknown }).code))) continue;
-      throw toSyncflowError(e, `database of connection "${name}"`);
+      throw e;
     }
   }
+}
+
+/** Runs a first query so a wrong URL or a down database fails with a typed error naming the connection. */
+export async function checkReachable(sql: Sql, name: string): Promise<void> {
+  await selectOne(sql).catch((e) => { throw toSyncflowError(e, `database of connection "${name}"`); });
 }
