@@ -24,7 +24,8 @@ export interface SyncflowRunOptions {
   agentEnv?: Record<string, string>;
 }
 
-let connSeq = 0;
+/** Target databases whose connection pair exists. */
+const connected = new Set<string>();
 
 /**
  * One syncflow job from `db` on the source region (a) to `toDb` on the target region (b), with fresh
@@ -47,11 +48,16 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
     })).start();
     const t0 = performance.now();
     if (opts.createTarget) await schemaCopy(source, db, target, toDb);
-    const seq = ++connSeq;
-    await api.call('CreateConnection', { name: `bench-src-${seq}`, url: source.url(db), group: 'a' });
-    await api.call('CreateConnection', { name: `bench-dst-${seq}`, url: target.url(toDb), group: 'b' });
+    // One pair of connections per target database, as an operator keeps them: the re-sync into the
+    // load's target goes through the load's connections (its change slot is kept per connection pair).
+    const [from, to] = [`bench-src-${toDb}`.replace(/_/g, '-'), `bench-dst-${toDb}`.replace(/_/g, '-')];
+    if (!connected.has(toDb)) {
+      await api.call('CreateConnection', { name: from, url: source.url(db), group: 'a' });
+      await api.call('CreateConnection', { name: to, url: target.url(toDb), group: 'b' });
+      connected.add(toDb);
+    }
     proxy.resetCounters(); // only the job's traffic (agents' startup health checks excluded)
-    const started = await api.call<pb.Job__Output>('StartSync', { from: `bench-src-${seq}`, to: `bench-dst-${seq}`, mode: opts.mode });
+    const started = await api.call<pb.Job__Output>('StartSync', { from, to, mode: opts.mode });
     const job = await api.waitJob(started.id, 3 * 3600_000);
     const wallS = (performance.now() - t0) / 1000;
     const peakRssMb = rss.stop();

@@ -61,6 +61,10 @@ async function sync(mode: 'SYNC_MODE_UPSERT' | 'SYNC_MODE_MIRROR', extra: object
 
 const same = async () => diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')));
 
+/** The change slots on the source: the last completed job's only (each earlier one dropped once no table needs it). */
+const slots = async () => (await a.sql('shop')<{ slot_name: string }[]>`SELECT slot_name FROM pg_replication_slots ORDER BY slot_name`).map((r) => r.slot_name);
+const slotOf = (jobId: string) => `syncflow_${jobId.replace(/-/g, '')}`;
+
 /** ~1 % of the rows, spread uniformly over the keys; returns how many rows changed. */
 async function changeOnePercent(round: number): Promise<number> {
   let n = 0;
@@ -77,6 +81,8 @@ async function changeOnePercent(round: number): Promise<number> {
     await run(`UPDATE tags SET label = label || ' v${round}' WHERE md5(name || lang || '${round}') LIKE '0%' AND lang = 'de'`);
     await run(`DELETE FROM tags WHERE md5(name || lang || '${round}') LIKE '00%'`);
     await run(`INSERT INTO tags SELECT 'new tag ${round} ' || g, 'en', 'fresh' FROM generate_series(1, 50) g`);
+    // key changes: the old key is gone from the source, the new one is new
+    await run(`UPDATE tags SET lang = 'it-${round}' WHERE md5(name || lang || '${round}') LIKE '01%' AND lang = 'en'`);
     // keyless: delete some rows (one of a duplicate pair among them), add new ones and a duplicate of an existing one
     await run(`DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE customer_id % 97 = ${1 + round} LIMIT 300)`);
     await run(`INSERT INTO events SELECT now(), g, 'new event ${round} ' || g FROM generate_series(1, 400) g`);
@@ -92,16 +98,25 @@ describe('diff re-sync', () => {
     expect(diffLines).toEqual([]);
     expect(Number(job.rows)).toBe(TOTAL);
     expect(await same()).toEqual([]);
+    // The load left its change slot on the source: the next re-sync decodes from it.
+    expect(await slots()).toEqual([slotOf(job.id)]);
   });
 
-  it('after ~1 % changed, a mirror re-sync ships only differing buckets and ends equal by content', async () => {
+  it('after ~1 % changed, a mirror re-sync ships only the rows changed since the load (decoded from its change slot) and ends equal by content', async () => {
+    const before = await slots();
     const changed = await changeOnePercent(1);
     expect(changed).toBeGreaterThan(TOTAL * 0.005);
     const { job, diffLines } = await sync('SYNC_MODE_MIRROR');
     expect(await same()).toEqual([]);
-    // One line per table: "diff: N of M coarse buckets differed, F of T fine buckets; R rows shipped".
+    // One line per table: the keyed ones from the tracked changes, the keyless one by comparing hash buckets.
     expect(diffLines).toHaveLength(4);
-    for (const l of diffLines) expect(l).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets(, prepared ahead of its FK level)?; \d+ rows shipped/);
+    for (const l of diffLines.filter((x) => !x.startsWith('public.events:'))) {
+      expect(l).toMatch(/diff from tracked changes: \d+ key\(s\) of the table changed since its last sync, \d+ of 4194304 fine buckets(, prepared ahead of its FK level)?; \d+ rows shipped/);
+    }
+    expect(diffLines.find((l) => l.startsWith('public.events:'))).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets; \d+ rows shipped/);
+    // The load's slot was dropped once this job's slot became every table's baseline.
+    expect(before).toHaveLength(1);
+    expect(await slots()).toEqual([slotOf(job.id)]);
     // orders (FK level 1) compared its buckets while its parents shipped: the source agent had its filter ready.
     expect(diffLines.find((l) => l.startsWith('public.orders:'))).toContain('prepared ahead of its FK level');
     const shipped = Number(job.rows);
@@ -109,7 +124,7 @@ describe('diff re-sync', () => {
     expect(shipped).toBeGreaterThanOrEqual(changed * 0.5); // deletes ship nothing; every update and insert ships
     expect(shipped).toBeLessThan(TOTAL * 0.04);
     expect(Number(job.rows_deleted)).toBeGreaterThan(0);
-    // One scan per side: both fine rounds were answered from the sums their coarse round built.
+    // One scan per side (events): both fine rounds were answered from the sums their coarse round built.
     const logs = stack.logs();
     expect(logs).toContain('"source_rescanned":false');
     expect(logs).not.toContain('"source_rescanned":true');
@@ -147,11 +162,40 @@ describe('diff re-sync', () => {
     expect(await same()).toEqual([]);
   });
 
+  it('--diff hash compares hash buckets of every table; it finds a write to the target by someone else, which tracked changes do not see', async () => {
+    // The upsert job before left rows deleted on the source in place: a mirror job hashes, then tracks again.
+    const after = await sync('SYNC_MODE_MIRROR', { tables: ['customers'] });
+    expect(after.diffLines[0]).toMatch(/coarse buckets differ/);
+    await b.exec('shop', `UPDATE customers SET name = 'changed on the target' WHERE id = 4242`);
+    const auto = await sync('SYNC_MODE_MIRROR', { tables: ['customers'] });
+    expect(auto.diffLines[0]).toContain('diff from tracked changes: 0 key(s)');
+    expect(await same()).not.toEqual([]);
+    const hashed = await sync('SYNC_MODE_MIRROR', { tables: ['customers'], diff: 'hash' });
+    expect(hashed.diffLines[0]).toMatch(/diff: \d+ of \d+ coarse buckets differed/);
+    // that row, and the odd row sharing its bucket
+    expect(Number(hashed.job.rows)).toBeGreaterThanOrEqual(1);
+    expect(Number(hashed.job.rows)).toBeLessThanOrEqual(3);
+    expect(await same()).toEqual([]);
+  });
+
   it('diff off ships every row', async () => {
     const { job, diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['tags'], diff: 'off' });
     expect(diffLines).toEqual([]);
     expect(Number(job.rows)).toBeGreaterThan(N.tags * 0.9);
     expect(await same()).toEqual([]);
+  });
+
+  it('a truncated table falls back to hashing, with the reason in the job log; other tables keep their tracked changes', async () => {
+    await a.exec('shop', `TRUNCATE orders; INSERT INTO orders VALUES (1, 1, 1.00, 'after truncate'); UPDATE customers SET score = -1 WHERE id = 7`);
+    const { job, diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['orders', 'customers'] });
+    expect(diffLines.find((l) => l.startsWith('public.orders:'))).toMatch(/coarse buckets differ.*\(tracked changes not usable: the table was truncated since the last sync\)/);
+    expect(diffLines.find((l) => l.startsWith('public.customers:'))).toContain('diff from tracked changes: 1 key(s)');
+    expect(Number(job.rows_deleted)).toBeGreaterThan(100_000);
+    expect(await same()).toEqual([]);
+    // orders and customers take this job's slot; tags (last synced by the upsert job) and events
+    // (by the mirror job with nothing changed) still need theirs: three slots, none left behind.
+    expect(await slots()).toHaveLength(3);
+    expect(await slots()).toContain(slotOf(job.id));
   });
 
   for (const group of ['b', 'a'] as const) {

@@ -4,6 +4,7 @@ import {
 } from '@syncflow/shared';
 import { Pools } from './pools.js';
 import { SnapshotHolder } from './read/snapshot.js';
+import { ChangeLog } from './read/change-log.js';
 import { agentService } from './server.js';
 import { AgentClients } from './clients.js';
 import { TaskConsumer } from './work/consumer.js';
@@ -25,8 +26,9 @@ async function main(): Promise<void> {
     breaker: { threshold: cfg.SYNCFLOW_BREAKER_THRESHOLD, cooldownMs: cfg.SYNCFLOW_BREAKER_COOLDOWN_MS },
     writeLimit: { rowsPerS: cfg.SYNCFLOW_DB_MAX_ROWS_PER_S, bytesPerS: cfg.SYNCFLOW_DB_MAX_BYTES_PER_S },
   }, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
-  const snapshots = new SnapshotHolder(log);
-  const prefetch = new DiffPrefetch(log);
+  const snapshots = new SnapshotHolder(log, cfg.SYNCFLOW_CHANGE_SLOT_WAIT_MS);
+  const changes = new ChangeLog(log, cfg.SYNCFLOW_CHANGE_MAX_KEYS);
+  const prefetch = new DiffPrefetch(log, changes);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, prefetch, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
   const port = await bind(server, cfg.SYNCFLOW_LISTEN, serverCredentials(tls));
@@ -45,7 +47,7 @@ async function main(): Promise<void> {
   const clients = new AgentClients(tls, cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   prefetch.attach({ pools, registry, clients });
   const consumer = new TaskConsumer({
-    agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, prefetch, log,
+    agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, prefetch, changes, log,
     limiters: new JobLimiters(rates, registry, cfg.SYNCFLOW_AGENT_GROUP), inflight: new InflightBytes(cfg.SYNCFLOW_INFLIGHT_BYTES),
   }, { group: cfg.SYNCFLOW_AGENT_GROUP, concurrency: cfg.SYNCFLOW_AGENT_CONCURRENCY, ackWaitMs: cfg.SYNCFLOW_TASK_ACK_WAIT_MS, maxDeliver: cfg.SYNCFLOW_TASK_MAX_DELIVER });
 

@@ -3,6 +3,7 @@ import type { Pools } from './pools.js';
 import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
+import { dropChangeSlots } from './read/change-log.js';
 import { prepareTarget, finalizeTarget, restoreConstraints } from './apply/target.js';
 import { restoreIndexes } from './apply/defer-indexes.js';
 import { purgeUndo } from './apply/undo.js';
@@ -30,7 +31,8 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     ExportSnapshot: traced('export snapshot', async (req: pb.SnapshotRequest__Output) => {
       const { url } = conn(req.connection);
       if (!req.job_id) throw invalidArgument('job_id is required');
-      return { snapshot_id: await snapshots.export(req.job_id, url) };
+      const r = await snapshots.export(req.job_id, url, req.change_slot);
+      return { snapshot_id: r.id, change_slot: r.change?.slot ?? '', change_lsn: r.change?.lsn ?? '', change_note: r.note ?? '' };
     }),
     ReleaseSnapshot: traced('release snapshot', async (req: pb.SnapshotRequest__Output) => {
       await snapshots.release(req.job_id);
@@ -71,6 +73,11 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
         return t.data;
       });
       return { accepted: prefetch.add(tasks) };
+    }),
+    DropChangeSlots: traced('drop change slots', async (req: pb.DropChangeSlotsRequest__Output) => {
+      const { sql, c } = conn(req.connection);
+      await checkReachable(sql, c.name);
+      return { dropped: await dropChangeSlots(sql, req.slots) };
     }),
     Transfer: transferHandler(pools, log),
     ...safetyHandlers(pools, log, traced, undoRetentionHours),

@@ -11,6 +11,7 @@ import { JobRunner } from './run/advance.js';
 import { EventConsumer } from './events/consume.js';
 import { syncService } from './server.js';
 import { DeadLetterStore } from './store/dead-letters.js';
+import { ChangeBaselines } from './store/change-baselines.js';
 import { Metrics } from './alerts/metrics.js';
 import { Alerts } from './alerts/webhook.js';
 import { startTimeoutSweep } from './run/control.js';
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
   const alerts = new Alerts({ url: cfg.SYNCFLOW_ALERT_WEBHOOK_URL, secret: cfg.SYNCFLOW_ALERT_WEBHOOK_SECRET }, metrics, log);
   const deps = {
     jobs: new JobStore(sql), connections: new ConnectionStore(sql), agents, js, names: n, flags, rates, log,
-    deadLetters: new DeadLetterStore(sql), metrics, alerts,
+    deadLetters: new DeadLetterStore(sql), metrics, alerts, baselines: new ChangeBaselines(sql),
   };
   const runner = new JobRunner(deps);
   const events = new EventConsumer(js, n, deps.jobs, runner, log, deps);

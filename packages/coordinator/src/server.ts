@@ -9,6 +9,7 @@ import { DEFAULT_SPLIT_ROWS } from './plan/split.js';
 import { startJob } from './run/start.js';
 import { dryRun } from './plan/dry-run.js';
 import { safetyHandlers } from './api/safety.js';
+import { dropRetiredSlots } from './run/changes.js';
 import type { RunnerDeps, JobRunner } from './run/advance.js';
 import { reliabilityService } from './api/reliability.js';
 
@@ -39,13 +40,20 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
     ListConnections: authed(async () => ({ connections: (await d.connections.list()).map(renderConnection) })),
     DeleteConnection: authed(async (raw: pb.DeleteConnectionRequest__Output) => {
       const { name } = parseReq(nameReq, raw);
+      await d.connections.get(name);
+      // The change slots its syncs left (on it as a source, or on the sources synced into it) are dropped while it can still be reached.
+      for (const from of await d.baselines.forgetConnection(name)) await dropRetiredSlots(d, await d.connections.get(from));
+      const left = await d.baselines.retired(name);
+      if (left.length) log.warn({ connection: name, slots: left }, 'change slots not dropped on the removed connection\'s database: drop them by hand (pg_drop_replication_slot)');
       await d.connections.remove(name);
       log.info({ connection: name }, 'connection deleted');
       return { deleted: true };
     }),
     PlanSync: authed(async (raw: pb.SyncSpec__Output) => {
       const req = await syncRequest(raw);
-      const planned = await gatherAndPlan(d.agents, req);
+      // As a job would plan it with a change slot of its own (the plan's notes say which tables decode tracked changes).
+      const changes = req.diff === 'off' ? undefined : { lsn: '0/0', baselines: await d.baselines.forPair(req.from.name, req.to.name) };
+      const planned = await gatherAndPlan(d.agents, req, { changes });
       if (req.dryRun && !planned.plan.checks?.some((c) => c.severity === 'error')) planned.plan.dry_run = await dryRun(d.agents, req, planned);
       return planned.plan;
     }),

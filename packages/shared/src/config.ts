@@ -74,6 +74,10 @@ export const agentEnv = z.object({
   SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
   /** Hours a job's undo log is kept on its target (for rollback) before it is purged. */
   SYNCFLOW_UNDO_RETENTION_HOURS: z.coerce.number().int().min(1).max(24 * 365).default(168),
+  /** How long creating a job's change slot may wait for the transactions running on the source to end; then a plain snapshot. */
+  SYNCFLOW_CHANGE_SLOT_WAIT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
+  /** Changed keys one decode of a change slot keeps, over all tables; past this the tables hash both sides instead. */
+  SYNCFLOW_CHANGE_MAX_KEYS: z.coerce.number().int().min(1).max(50_000_000).default(1_000_000),
 });
 export type AgentConfig = Readonly<z.infer<typeof agentEnv>>;
 

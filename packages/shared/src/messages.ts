@@ -5,6 +5,11 @@ import { z } from 'zod';
  * a malformed message is refused (and dead-lettered), never half-used.
  */
 const key = z.array(z.string().nullable());
+
+/** A change slot's name as the coordinator makes them (syncflow_ and a job id's 32 hex digits): safe as a replication command's literal. */
+export const CHANGE_SLOT = /^syncflow_[0-9a-f]{32}$/;
+/** A WAL position in PostgreSQL's text form. */
+export const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
 const sealed = z.object({ name: z.string(), sealed_url: z.string(), group: z.string() });
 
 export const ApplyMethod = { Copy: 'copy', Upsert: 'upsert', Append: 'append', Replace: 'replace' } as const;
@@ -57,6 +62,13 @@ export const taskMessage = z.object({
    * the same type on both sides, and one whose equality is identity (plan/planner.ts HASHED_TYPES).
    */
   diff_hashed: z.array(z.string()).default([]),
+  /**
+   * Diff re-sync from tracked changes: the change slot of this table's last sync and the consistent
+   * point of this job's snapshot. The source agent decodes the keys changed in between
+   * (read/change-log.ts) and ships only their buckets; without it (or when decoding cannot tell),
+   * both sides hash every row.
+   */
+  changes: z.object({ slot: z.string().regex(CHANGE_SLOT), upto: z.string().regex(LSN) }).nullable().default(null),
   /**
    * The COPY format rows travel in: 'binary' for an initial load (method copy) whose columns are all
    * built-in types, the same on both sides, keyed by BINARY_KEY_TYPES or keyless (plan/planner.ts).

@@ -1,10 +1,14 @@
 import postgres from 'postgres';
-import { toSyncflowError, invalidArgument, type Logger } from '@syncflow/shared';
+import { toSyncflowError, invalidArgument, scrubSecrets, CHANGE_SLOT, type Logger } from '@syncflow/shared';
 
 /** A snapshot id as pg_export_snapshot() makes them: checked before it is put into SET TRANSACTION SNAPSHOT. */
 export const SNAPSHOT_ID = /^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$/i;
 
-interface Held { sql: postgres.Sql; conn: postgres.ReservedSql; id: string; since: number }
+interface Held { sql: postgres.Sql; conn?: postgres.ReservedSql; id: string; since: number; change?: ChangeSlot }
+
+/** A change slot created with the job snapshot: the snapshot holds every change committed before `lsn`, the slot every one after. */
+export interface ChangeSlot { slot: string; lsn: string }
+export interface Exported { id: string; change?: ChangeSlot; note?: string }
 
 /**
  * Holds one exporting transaction per job (REPEATABLE READ, READ ONLY) so every reader of the job
@@ -12,13 +16,62 @@ interface Held { sql: postgres.Sql; conn: postgres.ReservedSql; id: string; sinc
  */
 export class SnapshotHolder {
   readonly #held = new Map<string, Held>();
-  constructor(private log: Logger, private maxAgeMs = 24 * 3600_000) {
+  /** `slotWaitMs`: how long creating a change slot may wait for the transactions running on the source to end (it needs a point none spans). */
+  constructor(private log: Logger, private slotWaitMs = 10_000, private maxAgeMs = 24 * 3600_000) {
     setInterval(() => void this.#expire(), 60_000).unref();
   }
 
-  async export(jobId: string, url: string): Promise<string> {
+  /**
+   * The job's snapshot. With `changeSlot`, the snapshot of a new logical replication slot (plugin
+   * test_decoding, which needs no publication and changes nothing on the source's tables), exported
+   * by a replication connection held open for the job: the next re-sync decodes from the slot exactly
+   * the changes this snapshot does not hold (read/change-log.ts). Where that cannot be done (wal_level
+   * below logical, no REPLICATION privilege, no free WAL sender or slot, transactions that keep running
+   * past SYNCFLOW_CHANGE_SLOT_WAIT_MS), a plain exported snapshot with a note saying why.
+   */
+  async export(jobId: string, url: string, changeSlot = ''): Promise<Exported> {
     const existing = this.#held.get(jobId);
-    if (existing) return existing.id;
+    if (existing) return { id: existing.id, change: existing.change };
+    let note: string | undefined;
+    if (changeSlot) {
+      if (!CHANGE_SLOT.test(changeSlot)) throw invalidArgument(`change slot name ${JSON.stringify(changeSlot)} is malformed`);
+      try {
+        return await this.#exportWithSlot(jobId, url, changeSlot);
+      } catch (e) {
+        note = `no change slot (the next re-sync hashes every row): ${scrubSecrets(toSyncflowError(e).message)}`;
+        this.log.warn({ job: jobId, err: note }, 'change slot not created; plain job snapshot');
+      }
+    }
+    return { id: await this.#exportPlain(jobId, url), note };
+  }
+
+  async #exportWithSlot(jobId: string, url: string, slot: string): Promise<Exported> {
+    const sql = postgres(url, {
+      max: 1, idle_timeout: 0, fetch_types: false, onnotice: () => undefined,
+      connection: { application_name: `syncflow-snapshot-${jobId.slice(0, 8)}`, replication: 'database' } as Record<string, string>,
+    });
+    const timer = setTimeout(() => void sql.end({ timeout: 0 }), this.slotWaitMs);
+    try {
+      // A replication command takes no parameters: the slot name is checked against CHANGE_SLOT (export).
+      const [row] = await sql.unsafe<{ consistent_point: string; snapshot_name: string }[]>(
+        `CREATE_REPLICATION_SLOT ${slot} LOGICAL test_decoding EXPORT_SNAPSHOT`).simple();
+      clearTimeout(timer);
+      const change = { slot, lsn: row!.consistent_point };
+      this.#held.set(jobId, { sql, id: row!.snapshot_name, since: Date.now(), change });
+      this.log.info({ job: jobId, snapshot: row!.snapshot_name, slot, lsn: change.lsn }, 'exported job snapshot with a change slot');
+      return { id: row!.snapshot_name, change };
+    } catch (e) {
+      clearTimeout(timer);
+      await sql.end({ timeout: 1 }).catch(() => undefined);
+      const err = toSyncflowError(e);
+      if (/CONNECTION_(ENDED|DESTROYED)/.test(err.message) || /write CONNECTION_CLOSED/.test(err.message)) {
+        throw new Error(`transactions running on the source kept the slot from being created for ${this.slotWaitMs / 1000} s`);
+      }
+      throw err;
+    }
+  }
+
+  async #exportPlain(jobId: string, url: string): Promise<string> {
     const sql = postgres(url, { max: 1, idle_timeout: 0, onnotice: () => undefined, connection: { application_name: `syncflow-snapshot-${jobId.slice(0, 8)}` } });
     try {
       const conn = await sql.reserve();
@@ -37,8 +90,9 @@ export class SnapshotHolder {
     const h = this.#held.get(jobId);
     if (!h) return;
     this.#held.delete(jobId);
-    await h.conn.unsafe('COMMIT').catch(() => undefined);
-    h.conn.release();
+    // A change slot outlives its snapshot: it is dropped when no table's last sync needs it (DropChangeSlots).
+    await h.conn?.unsafe('COMMIT').catch(() => undefined);
+    h.conn?.release();
     await h.sql.end({ timeout: 2 }).catch(() => undefined);
     this.log.info({ job: jobId }, 'released job snapshot');
   }

@@ -1,9 +1,12 @@
-import { call, grpc, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
+import { call, grpc, ident, injectContext, SyncflowError, ErrorKind, type Logger, type pb, type Sql, type TaskMessage } from '@syncflow/shared';
 import { randomUUID } from 'node:crypto';
 import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
-  bitmapOf, countBits, differingSlots, fineBitsFor, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
+  bitmapOf, countBits, differingSlots, fineBitsFor, fineBucket, hashedTypes, packFilter, unpackFilter, COARSE_SHIFT, MAX_FINE_BITS, type BucketFilter,
 } from '../read/buckets.js';
+import { joinFragments, keyCompare } from '../read/keys.js';
+import { withPinnedTextForms } from '../read/text-forms.js';
+import type { ChangeLog } from '../read/change-log.js';
 
 /**
  * Above this share of differing coarse buckets, a task ships every row: the fine digests (8 bytes
@@ -40,7 +43,7 @@ const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, not
  */
 export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient,
   start: { committedSeq: number; diff: pb.DiffFilter__Output | null }, snapshotUsable: boolean, log: Logger,
-  prepared?: Promise<DiffDecision>): Promise<DiffDecision> {
+  prepared?: Promise<DiffDecision>, changes?: ChangeLog): Promise<DiffDecision> {
   if (start.committedSeq > 0) {
     const pinned = unpackFilter(start.diff);
     if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
@@ -55,7 +58,52 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     return undefined;
   });
   if (early) return { ...early, note: `${early.note}, prepared ahead of its FK level` };
-  return computeDiff(task, sql, target, log);
+  return computeDiff(task, sql, target, log, changes);
+}
+
+/**
+ * A task's diff: from the changes tracked since the table's last sync when the coordinator passed a
+ * change slot and its decoding names every changed key (read/change-log.ts), else by hashing both
+ * sides (hashDiff), with the reason in the job log.
+ */
+export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, changes?: ChangeLog): Promise<DiffDecision> {
+  if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
+  if (!task.changes || !changes || !task.key_columns.length) return hashDiff(task, sql, target, log);
+  const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
+  if ('keys' in found) return changedBuckets(task, sql, found.keys, log);
+  log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
+  const d = await hashDiff(task, sql, target, log);
+  return { ...d, note: `${d.note} (tracked changes not usable: ${found.unusable})` };
+}
+
+/**
+ * The fine buckets (at the finest size: ~0 rows of other keys ride along) of the keys changed since
+ * the table's last sync that fall into this task's key range. The keys come back typed from their
+ * text forms (pinned, as decoded) and go through the same bucket hash as the rows.
+ */
+async function changedBuckets(task: TaskMessage, sql: Sql, keys: (string | null)[][], log: Logger): Promise<DiffDecision> {
+  const fineBits = MAX_FINE_BITS;
+  const t0 = Date.now();
+  const buckets = !keys.length ? [] : await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
+    const tx = txAny as unknown as Sql;
+    const types = await hashedTypes(tx, task.schema, task.table, task.diff_hashed);
+    const spec = { columns: task.columns, keyColumns: task.key_columns, fineBits, hashed: task.diff_hashed, types };
+    const key = { columns: task.key_columns, types: task.key_types };
+    const u = task.key_columns.map((_, i) => ident(tx, `k${i}`));
+    const arrays = task.key_columns.map((_, i) => tx`${keys.map((v) => v[i] ?? null) as string[]}::text[]`);
+    const typed = task.key_columns.map((c, i) => tx`CAST(u.${u[i]!} AS ${ident(tx, task.key_types[i]!.schema, task.key_types[i]!.name)}) AS ${ident(tx, c)}`);
+    const conds = [tx`true`];
+    if (task.range?.after) conds.push(keyCompare(tx, key, 'r', '>', task.range.after));
+    if (task.range?.upto) conds.push(keyCompare(tx, key, 'r', '<=', task.range.upto));
+    const rows = await tx<{ b: number }[]>`
+      SELECT DISTINCT ${fineBucket(tx, spec, 'r')}::int4 AS b
+      FROM (SELECT ${joinFragments(tx, typed)} FROM unnest(${joinFragments(tx, arrays)}) AS u(${joinFragments(tx, u)})) r
+      WHERE ${joinFragments(tx, conds, ' AND ')}`;
+    return rows.map((r) => r.b);
+  }));
+  log.info({ changed_keys: keys.length, fine_differing: buckets.length, ms: Date.now() - t0 }, 'diff: buckets of the tracked changes');
+  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, buckets), hashed: task.diff_hashed };
+  return describe(filter, 0, `diff from tracked changes: ${keys.length} key(s) of the table changed since its last sync`);
 }
 
 /**
@@ -63,8 +111,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
  * the task ships: nothing of this job writes the task's table on the target before then (parents'
  * upserts touch other tables; mirror deletes wait for the finalize).
  */
-export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger): Promise<DiffDecision> {
-  if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
+async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger): Promise<DiffDecision> {
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
     after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),

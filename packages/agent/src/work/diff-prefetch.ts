@@ -2,6 +2,7 @@ import { type AgentRegistry, type Logger, type TaskMessage } from '@syncflow/sha
 import type { Pools } from '../pools.js';
 import type { AgentClients } from '../clients.js';
 import { computeDiff, type DiffDecision } from './diff-plan.js';
+import type { ChangeLog } from '../read/change-log.js';
 
 /** Decisions computed at once (each holds a source and a target connection while it hashes). */
 const PARALLEL = 2;
@@ -28,7 +29,7 @@ export class DiffPrefetch {
   #running = 0;
   #deps: { pools: Pools; registry: AgentRegistry; clients: AgentClients } | undefined;
 
-  constructor(private log: Logger) {}
+  constructor(private log: Logger, private changes?: ChangeLog) {}
 
   /** The agent's connections, once NATS is up (PrepareDiffs before that accepts nothing). */
   attach(deps: { pools: Pools; registry: AgentRegistry; clients: AgentClients }): void {
@@ -81,7 +82,7 @@ export class DiffPrefetch {
     const log = this.log.child({ job: task.job_id, task: task.task_id, table: `${task.schema}.${task.table}` });
     const { sql } = await deps.pools.guarded(task.source);
     const target = await deps.registry.pick(task.target.group);
-    const d = await computeDiff(task, sql, deps.clients.get(target.address), log);
+    const d = await computeDiff(task, sql, deps.clients.get(target.address), log, this.changes);
     log.info({ fine_differing: d.fineDiffering }, 'diff: filter prepared ahead of the task\'s FK level');
     return d;
   }

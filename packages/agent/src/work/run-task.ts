@@ -11,6 +11,7 @@ import type { AgentClients } from '../clients.js';
 import type { JobLimiters, InflightBytes } from './limits.js';
 import { decideDiff, diffSummary } from './diff-plan.js';
 import type { DiffPrefetch } from './diff-prefetch.js';
+import type { ChangeLog } from '../read/change-log.js';
 
 export interface TaskDeps {
   agentId: string;
@@ -25,6 +26,8 @@ export interface TaskDeps {
   inflight: InflightBytes;
   /** Diff decisions prepared ahead of the tasks' FK levels (PrepareDiffs). */
   prefetch?: DiffPrefetch;
+  /** Changes decoded from change slots (diff re-sync from tracked changes). */
+  changes?: ChangeLog;
   log: Logger;
 }
 
@@ -140,7 +143,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
       const diff = task.diff
-        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog, deps.prefetch?.take(task))
+        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog, deps.prefetch?.take(task), deps.changes)
         : null;
       if (diff?.message) sender.sendDiff(diff.message);
 

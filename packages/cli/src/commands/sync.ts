@@ -83,7 +83,7 @@ export function registerSync(group: (name: string, description: string) => Comma
     .option('--dry-run', 'count per table the rows that would be inserted, updated and deleted; write nothing')
     .addOption(new Option('--on-bad-row <policy>', 'rows the target refuses: quarantine (default), skip, fail').choices(['quarantine', 'skip', 'fail']))
     .addOption(new Option('--on-failure <policy>', 'when the job fails: keep what was written (default), or rollback').choices(['keep', 'rollback']))
-    .addOption(new Option('--diff <when>', 'auto (default): tables whose target has rows are compared by hash buckets and only differing buckets are shipped; off: ship every row').choices(['auto', 'off']))
+    .addOption(new Option('--diff <how>', 'tables whose target has rows: auto (default) ships the rows changed since the table\'s last sync (change slot), else compares hash buckets; hash: always compare hash buckets on both sides (catches writes to the target by others); off: ship every row').choices(['auto', 'hash', 'off']))
     .addOption(new Option('--copy-format <format>', 'auto (default): initial loads of tables whose types allow it travel as binary COPY; text: always COPY text').choices(['auto', 'text']))
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();

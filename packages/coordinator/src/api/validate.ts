@@ -32,7 +32,7 @@ export const syncSpecReq = z.object({
   dry_run: z.boolean().default(false),
   on_bad_row: z.enum(['', 'quarantine', 'skip', 'fail']).default('').transform((v) => (v || 'quarantine') as 'quarantine' | 'skip' | 'fail'),
   on_failure: z.enum(['', 'keep', 'rollback']).default('').transform((v) => (v || 'keep') as 'keep' | 'rollback'),
-  diff: z.enum(['', 'auto', 'off']).default('').transform((v) => (v || 'auto') as 'auto' | 'off'),
+  diff: z.enum(['', 'auto', 'hash', 'off']).default('').transform((v) => (v || 'auto') as 'auto' | 'hash' | 'off'),
   copy_format: z.enum(['', 'auto', 'text']).default('').transform((v) => (v || 'auto') as 'auto' | 'text'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 import type { ConnectionRow } from '../store/connections.js';
-import { planSync, type Planned } from './planner.js';
+import { planSync, type Planned, type PlanInput } from './planner.js';
 import { splitBigTables, DEFAULT_SPLIT_ROWS } from './split.js';
 
 export interface SyncRequest {
@@ -26,8 +26,12 @@ export interface SyncRequest {
   dryRun?: boolean;
   onBadRow?: 'quarantine' | 'skip' | 'fail';
   onFailure?: 'keep' | 'rollback';
-  /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off'. */
-  diff?: 'auto' | 'off';
+  /**
+   * Diff re-sync of tables whose target has rows: 'auto' (default: from the changes tracked since the
+   * table's last sync where there are any, else by hashing both sides), 'hash' (always hash both
+   * sides), or 'off' (ship every row).
+   */
+  diff?: 'auto' | 'hash' | 'off';
   /** Initial loads as binary COPY where the types allow ('auto', default) or always COPY text. */
   copyFormat?: 'auto' | 'text';
 }
@@ -36,7 +40,7 @@ export interface SyncRequest {
  * Asks the source's and the target's agents for both schemas (the source inside the job
  * snapshot when there is one) and plans the sync. Nothing is written anywhere.
  */
-export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: { jobId?: string; snapshotId?: string; trace?: Record<string, string> } = {}): Promise<Planned> {
+export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: { jobId?: string; snapshotId?: string; trace?: Record<string, string>; changes?: PlanInput['changes'] } = {}): Promise<Planned> {
   const sealed = (c: ConnectionRow) => ({ name: c.name, sealed_url: c.sealed_url });
   const [source, target] = await Promise.all([
     agents.call<pb.Schema__Output>(req.from.agent_group, 'Introspect', { connection: sealed(req.from), snapshot_id: opts.snapshotId ?? '' }),
@@ -47,7 +51,7 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },
     snapshotId: opts.snapshotId ?? '', trace: opts.trace ?? {}, splits, keepIndexes: req.keepIndexes,
-    createMissing: req.createMissing, onBadRow: req.onBadRow, diff: req.diff, copyFormat: req.copyFormat,
+    createMissing: req.createMissing, onBadRow: req.onBadRow, diff: req.diff, copyFormat: req.copyFormat, changes: opts.changes,
   });
   await preflight(agents, req, planned);
   return planned;

@@ -5,6 +5,7 @@ import {
 import { orderLevels, type FkEdge } from './graph.js';
 import { tableChecks } from './checks.js';
 import type { PlanRecord } from '../store/jobs.js';
+import type { Baseline } from '../store/change-baselines.js';
 
 export interface PlanInput {
   jobId: string;
@@ -23,8 +24,10 @@ export interface PlanInput {
   keepIndexes?: boolean;
   createMissing?: boolean;
   onBadRow?: 'fail' | 'skip' | 'quarantine';
-  /** Diff re-sync of tables whose target has rows: 'auto' (default) or 'off' (ship every row). */
-  diff?: 'auto' | 'off';
+  /** Diff re-sync of tables whose target has rows: 'auto' (default), 'hash' (always hash both sides) or 'off' (ship every row). */
+  diff?: 'auto' | 'hash' | 'off';
+  /** The job snapshot's change slot point and the pair's change baselines ("schema.name"): diffs from tracked changes. */
+  changes?: { lsn: string; baselines: ReadonlyMap<string, Baseline> };
   /** Initial loads as binary COPY where the types allow: 'auto' (default), or 'text' always. */
   copyFormat?: 'auto' | 'text';
 }
@@ -73,6 +76,7 @@ export function planSync(input: PlanInput): Planned {
   const missing: { schema: string; name: string }[] = [];
   const tablePlans: pb.TablePlan[] = [];
   const tasks: Planned['tasks'] = [];
+  const shapes: Record<string, string> = {};
   selected.forEach((t, i) => {
     const name = displayName(t.schema, t.name);
     const found = targetByKey.get(keyOf(t));
@@ -112,7 +116,13 @@ export function planSync(input: PlanInput): Planned {
     const ranges = partsOf(input.splits?.get(keyOf(t)), method);
     // Diff re-sync: a target that already has rows is compared by hash buckets; only those that differ are shipped.
     const diffTable = method !== 'copy' && input.diff !== 'off';
-    if (diffTable) tableNotes.push('the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync)');
+    shapes[keyOf(t)] = shapeOf(columns, found);
+    const baseline = input.changes?.baselines.get(keyOf(t));
+    const tracked = diffTable && input.diff !== 'hash' && key.length > 0 && input.changes && baseline?.shape === shapes[keyOf(t)]
+      && (baseline.exact || input.mode === 'upsert')
+      ? { slot: baseline.slot, upto: input.changes.lsn } : null;
+    if (tracked) tableNotes.push(`the target has rows: only the buckets of the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
+    else if (diffTable) tableNotes.push(`the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync${untrackedWhy(input, key.length > 0, baseline, shapes[keyOf(t)]!)})`);
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     const format = method === 'copy' ? copyFormatOf(t, found, input) : { format: 'text' as const, why: '' };
     if (method === 'copy') {
@@ -135,7 +145,7 @@ export function planSync(input: PlanInput): Planned {
           v: 1, job_id: input.jobId, task_id: id, source: input.from, target: input.to, snapshot_id: input.snapshotId,
           schema: t.schema, table: t.name, columns: ordered, key_columns: key, key_types: keyTypes, method,
           mirror: input.mode === 'mirror', batch_bytes: input.batchBytes, trace: input.trace, max_attempts: 3, // the job sets its own attempts (start.ts)
-          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)),
+          on_bad_row: input.onBadRow ?? 'quarantine', diff: diffTable, changes: tracked, diff_hashed: diffTable && typedHash ? hashedColumns(t, found) : [], row_estimate: Math.max(0, Math.round(Number(t.row_estimate) / ranges.length)),
           copy_format: format.format, ...r,
         },
       });
@@ -157,7 +167,7 @@ export function planSync(input: PlanInput): Planned {
     }),
     loadTables: input.keepIndexes ? [] : wholeTables(tasks).filter((t) => t.method === 'copy').map((t) => ({ schema: t.schema, name: t.table })),
     sourceGroup: input.from.group, targetGroup: input.to.group,
-    createTables: missing, postDdl: [],
+    createTables: missing, postDdl: [], shapes,
   };
   // Over every selected table, planned or refused: what the job would move once the plan is fixed.
   const estimatedRows = selected.reduce((n, t) => n + Number(t.row_estimate), 0);
@@ -169,6 +179,25 @@ export function planSync(input: PlanInput): Planned {
     estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + selected.length,
   };
   return { plan, record, tasks };
+}
+
+/** A table's synced columns with their types on both sides: a change baseline holds only while this stays the same. */
+function shapeOf(columns: readonly pb.Column__Output[], target: pb.Table__Output | undefined): string {
+  const typeOn = (t: pb.Table__Output | undefined, name: string) => {
+    const c = t?.columns.find((x) => x.name === name);
+    return c ? `${c.type_schema}.${c.type_name}` : '';
+  };
+  return JSON.stringify(columns.map((c) => [c.name, `${c.type_schema}.${c.type_name}`, typeOn(target, c.name)]));
+}
+
+/** Why a diff table hashes both sides instead of decoding tracked changes, for its plan note. */
+function untrackedWhy(input: PlanInput, keyed: boolean, baseline: Baseline | undefined, shape: string): string {
+  if (input.diff === 'hash') return '; --diff hash';
+  if (!input.changes) return '';
+  if (!keyed) return '; a table without a key has no tracked changes';
+  if (!baseline) return '; no change slot from an earlier sync of this table';
+  if (baseline.shape !== shape) return '; its columns changed since its last sync';
+  return baseline.exact ? '' : '; its last sync was an upsert, which leaves rows deleted on the source';
 }
 
 /**

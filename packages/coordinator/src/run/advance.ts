@@ -11,6 +11,8 @@ import type { Alerts } from '../alerts/webhook.js';
 import { blockedTasks, safeDeleteOrder, unfinishedTables } from './recovery.js';
 import { rollbackOnFailure } from './rollback.js';
 import { reportJobEnd } from './report.js';
+import { dropRetiredSlots, recordBaselines } from './changes.js';
+import type { ChangeBaselines } from '../store/change-baselines.js';
 
 export interface RunnerDeps {
   jobs: JobStore;
@@ -24,6 +26,7 @@ export interface RunnerDeps {
   deadLetters: DeadLetterStore;
   metrics: Metrics;
   alerts: Alerts;
+  baselines: ChangeBaselines;
 }
 
 /**
@@ -183,6 +186,8 @@ export class JobRunner {
       const held = reply.constraints_held ? `, ${reply.constraints_held} foreign key(s) back NOT VALID until their parent table is synced (job retry)` : '';
       await this.d.jobs.log(job.id, null, 'info', `finalized target: ${reply.rows_deleted} row(s) deleted, ${reply.indexes_restored} index(es) rebuilt, ${reply.constraints_restored} constraint(s) restored${held}, ${reply.sequences_set} sequence(s) set`);
     }
+    // Before the job counts as ended: a finish that stops here runs again and records the same.
+    await recordBaselines(this.d, job, tasks);
     await this.#releaseSnapshot(job);
     if (withErrors) {
       if (await this.d.jobs.moveJob(job.id, 'completed_with_errors', { error: scrubSecrets(withErrors) })) {
@@ -257,10 +262,14 @@ export class JobRunner {
     }
   }
 
+  /** Releases the job snapshot; the job's change slot is retired unless a baseline took it (recordBaselines), and retired slots are dropped. */
   async #releaseSnapshot(job: JobRow): Promise<void> {
     if (!job.snapshot_id) return;
     const from = await this.d.connections.get(job.from_conn).catch(() => undefined);
     if (!from) return;
     await this.d.agents.broadcast(from.agent_group, 'ReleaseSnapshot', { job_id: job.id }).catch(() => undefined);
+    await this.d.baselines.retireIfUnused(from.name, job.change_slot, job.id)
+      .catch((e) => this.d.log.warn({ job: job.id, err: scrubSecrets((e as Error).message) }, 'change slot not retired'));
+    await dropRetiredSlots(this.d, from);
   }
 }

@@ -32,6 +32,8 @@ export async function rollbackJob(d: RunnerDeps, id: string, force: boolean): Pr
     rows_reinserted: reply.rows_reinserted, sequences_restored: reply.sequences_restored,
   };
   await safety.markRolledBack(id, result);
+  // The target no longer holds what the tables' last syncs left: their next re-sync hashes both sides.
+  await d.baselines.forgetTargetTables(job.to_conn, tables.map((t) => ({ schema: t.schema ?? '', name: t.name ?? '' })));
   await d.jobs.log(id, null, 'warn', `rolled back${force ? ' (forced)' : ''}: ${reply.rows_deleted} inserted row(s) deleted, ${reply.rows_restored} updated row(s) restored, ${reply.rows_reinserted} deleted row(s) re-inserted, ${reply.sequences_restored} sequence(s) set back`);
   d.log.warn({ job: id, deleted: reply.rows_deleted, restored: reply.rows_restored, reinserted: reply.rows_reinserted, forced: force }, 'job rolled back');
   return result;

@@ -3,6 +3,7 @@ import { withSpan, injectContext, trace, context, toSyncflowError, scrubSecrets,
 import { gatherAndPlan, type SyncRequest } from '../plan/gather.js';
 import type { RunnerDeps, JobRunner } from './advance.js';
 import { assertNoErrors } from '../plan/checks.js';
+import { changeSlotOf, dropRetiredSlots } from './changes.js';
 
 /** A protected target takes a job only when the request names it again in `confirm`. */
 function assertConfirmed(req: SyncRequest): void {
@@ -34,19 +35,30 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
   return withSpan('sync job', { 'syncflow.job': jobId, 'syncflow.from': req.from.name, 'syncflow.to': req.to.name, 'syncflow.mode': req.mode }, async (span) => {
     const traceId = span.spanContext().traceId;
     const carrier = injectContext(trace.setSpan(context.active(), span));
-    const { snapshot_id: snapshotId } = await d.agents.call<pb.SnapshotReply__Output>(req.from.agent_group, 'ExportSnapshot', {
-      job_id: jobId, connection: { name: req.from.name, sealed_url: req.from.sealed_url },
+    // Every job but --diff off leaves a change slot: the next re-sync of its tables decodes what changed since.
+    const askedSlot = req.diff === 'off' ? '' : changeSlotOf(jobId);
+    await dropRetiredSlots(d, req.from);
+    const snap = await d.agents.call<pb.SnapshotReply__Output>(req.from.agent_group, 'ExportSnapshot', {
+      job_id: jobId, connection: { name: req.from.name, sealed_url: req.from.sealed_url }, change_slot: askedSlot,
     });
+    const snapshotId = snap.snapshot_id;
+    // Asked for but not made (or made and the reply lost): retired, so it cannot be left behind.
+    if (askedSlot && !snap.change_slot) await d.baselines.retireIfUnused(req.from.name, askedSlot, jobId);
     let planned;
     try {
-      planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier });
+      const changes = snap.change_lsn ? { lsn: snap.change_lsn, baselines: await d.baselines.forPair(req.from.name, req.to.name) } : undefined;
+      planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier, changes });
       assertNoErrors(planned.plan.checks ?? []);
       // --create-missing: tables created now (one transaction), their indexes and FKs after the data.
       planned.record.postDdl = await createMissingTables(d, req, planned.record.createTables ?? []);
     } catch (e) {
       await d.agents.broadcast(req.from.agent_group, 'ReleaseSnapshot', { job_id: jobId });
+      await d.baselines.retireIfUnused(req.from.name, snap.change_slot, jobId);
+      await dropRetiredSlots(d, req.from);
       throw e;
     }
+    // This job writes these target tables: baselines of other sources on them no longer hold.
+    await d.baselines.forgetTargetTables(req.to.name, planned.record.tables as { schema: string; name: string }[], req.from.name);
     await d.jobs.create({
       id: jobId, from_conn: req.from.name, to_conn: req.to.name, mode: req.mode,
       spec: {
@@ -54,12 +66,14 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
         on_bad_row: req.onBadRow ?? 'quarantine', on_failure: req.onFailure ?? 'keep', create_missing: Boolean(req.createMissing), diff: req.diff ?? 'auto', copy_format: req.copyFormat ?? 'auto',
       },
       plan: planned.record,
-      snapshot_id: snapshotId, trace_id: traceId, trace: carrier,
+      snapshot_id: snapshotId, change_slot: snap.change_slot, change_lsn: snap.change_lsn, trace_id: traceId, trace: carrier,
     }, planned.tasks.map((t) => ({
       id: t.id, job_id: jobId, level: t.level, schema_name: t.schema, table_name: t.table, method: t.method,
       message: { ...t.message, max_attempts: req.maxAttempts ?? 3 }, row_estimate: String(t.rowEstimate),
     })));
     await d.jobs.log(jobId, null, 'info', `planned ${planned.tasks.length} table(s) in ${planned.record.levels} level(s); snapshot ${snapshotId}`);
+    if (snap.change_slot) await d.jobs.log(jobId, null, 'info', `change slot ${snap.change_slot} created with the snapshot (at ${snap.change_lsn}): the next re-sync of these tables decodes the changes since, instead of hashing every row`);
+    else if (snap.change_note) await d.jobs.log(jobId, null, 'warn', snap.change_note);
     for (const note of planned.record.notes) await d.jobs.log(jobId, null, 'info', note);
     if (planned.record.createTables?.length) await d.jobs.log(jobId, null, 'info', `created ${planned.record.createTables.length} missing table(s) on the target: ${planned.record.createTables.map((t) => `${t.schema}.${t.name}`).join(', ')}`);
     for (const c of planned.plan.checks ?? []) if (c.severity === 'warning') await d.jobs.log(jobId, null, 'warn', `pre-flight: ${c.message}`);

@@ -5,6 +5,8 @@ import {
 export interface JobRow {
   id: string; from_conn: string; to_conn: string; mode: 'upsert' | 'mirror'; state: JobState;
   spec: unknown; plan: PlanRecord; snapshot_id: string; trace_id: string; trace: Record<string, string>;
+  /** The change slot created with the job snapshot and its consistent point (both empty without one). */
+  change_slot: string; change_lsn: string;
   error: string; rows_deleted: string; finalized: boolean;
   created_at: string; started_at: string | null; finished_at: string | null;
 }
@@ -24,6 +26,8 @@ export interface PlanRecord {
   /** --create-missing: tables created on the target at start; their indexes and FKs run at finalize. */
   createTables?: { schema: string; name: string }[];
   postDdl?: string[];
+  /** Per table ("schema.name"): its columns and types on both sides, kept with its change baseline (store/change-baselines.ts). */
+  shapes?: Record<string, string>;
 }
 
 export interface TaskRow {
@@ -33,7 +37,7 @@ export interface TaskRow {
   started_at: string | null; finished_at: string | null; publishes: number;
 }
 
-const JOB_COLS = 'id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace, error, rows_deleted::text, finalized, created_at::text, started_at::text, finished_at::text';
+const JOB_COLS = 'id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, change_slot, change_lsn, trace_id, trace, error, rows_deleted::text, finalized, created_at::text, started_at::text, finished_at::text';
 const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, message, row_estimate::text, rows::text, bytes::text, batches::text, inserted::text, updated::text, marked_for_delete::text, checkpoint, attempts, error, started_at::text, finished_at::text, publishes';
 
 /** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
@@ -42,9 +46,9 @@ export class JobStore {
 
   async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at' | 'publishes'>[]): Promise<void> {
     await this.sql.begin(async (tx) => {
-      await tx`INSERT INTO jobs (id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, trace_id, trace)
+      await tx`INSERT INTO jobs (id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, change_slot, change_lsn, trace_id, trace)
                VALUES (${job.id}, ${job.from_conn}, ${job.to_conn}, ${job.mode}, 'pending', ${tx.json(job.spec as never)}, ${tx.json(job.plan as never)},
-                       ${job.snapshot_id}, ${job.trace_id}, ${tx.json(job.trace)})`;
+                       ${job.snapshot_id}, ${job.change_slot}, ${job.change_lsn}, ${job.trace_id}, ${tx.json(job.trace)})`;
       for (const t of tasks) {
         await tx`INSERT INTO tasks (id, job_id, level, schema_name, table_name, state, method, message, row_estimate)
                  VALUES (${t.id}, ${t.job_id}, ${t.level}, ${t.schema_name}, ${t.table_name}, 'pending', ${t.method}, ${tx.json(t.message as never)}, ${t.row_estimate})`;

@@ -1,0 +1,262 @@
+import { CHANGE_SLOT, invalidArgument, toSyncflowError, type Logger, type Sql } from '@syncflow/shared';
+import { withPinnedTextForms } from './text-forms.js';
+
+/**
+ * Diff re-sync from tracked changes, on the source: the keys of the rows changed between a table's
+ * last sync and this job, decoded from the change slot the last sync created with its snapshot
+ * (read/snapshot.ts). The slot is only peeked (never advanced), up to this job's consistent point,
+ * so decoding is repeatable and every transaction the last snapshot did not hold, and this one does,
+ * is in the range. The keys are candidates: the task ships their buckets' rows as they are in this
+ * job's snapshot, so a key changed and changed back, or deleted, comes out right.
+ *
+ * test_decoding prints one line per row change: `table <schema>.<name>: INSERT|UPDATE|DELETE: ...`
+ * with `column[type]:value` pairs (a changed key as `old-key: ... new-tuple: ...`), or TRUNCATE.
+ * A table whose changes cannot name every changed key (no primary key, a replica identity other
+ * than its key, a key value left out as unchanged TOAST, a TRUNCATE) is reported unusable and its
+ * task hashes every row instead.
+ */
+
+/** Decodes held (a job's tasks share one; a job after it decodes again). */
+const MAX_DECODES = 4;
+const TTL_MS = 30 * 60_000;
+
+export type TableChanges = { keys: (string | null)[][] } | { unusable: string };
+
+interface TableLog { key: string[] | null; keys: Set<string>; unusable?: string }
+interface Decoded { tables: Map<string, TableLog>; overflow: boolean; changes: number }
+
+const tableKey = (schema: string, table: string) => JSON.stringify([schema, table]);
+
+export class ChangeLog {
+  readonly #decodes = new Map<string, { at: number; decoded: Promise<Decoded> }>();
+  /** `maxKeys`: changed keys kept per decode, over all tables; past this, hashing is cheaper than fetching them. */
+  constructor(private log: Logger, private maxKeys = 1_000_000) {}
+
+  /** The changed keys of one table between the slot's point and `upto`, in key column order. */
+  async changesFor(sql: Sql, slot: string, upto: string, schema: string, table: string, keyColumns: readonly string[]): Promise<TableChanges> {
+    if (!CHANGE_SLOT.test(slot)) throw invalidArgument(`change slot name ${JSON.stringify(slot)} is malformed`);
+    let decoded: Decoded;
+    try {
+      decoded = await this.#decode(sql, slot, upto);
+    } catch (e) {
+      return { unusable: `decoding change slot ${slot} failed: ${toSyncflowError(e).message}` };
+    }
+    if (decoded.overflow) return { unusable: `more than ${this.maxKeys} changed rows since the last sync` };
+    const t = decoded.tables.get(tableKey(schema, table));
+    if (!t) return { keys: [] };
+    if (t.unusable) return { unusable: t.unusable };
+    if (!t.key || t.key.join('\0') !== keyColumns.join('\0')) return { unusable: 'the task\'s key is not the table\'s primary key' };
+    return { keys: [...t.keys].map((k) => JSON.parse(k) as (string | null)[]) };
+  }
+
+  #decode(sql: Sql, slot: string, upto: string): Promise<Decoded> {
+    const id = `${slot}@${upto}`;
+    const now = Date.now();
+    for (const [k, d] of this.#decodes) if (now - d.at > TTL_MS) this.#decodes.delete(k);
+    const held = this.#decodes.get(id);
+    if (held) return held.decoded;
+    while (this.#decodes.size >= MAX_DECODES) this.#decodes.delete(this.#decodes.keys().next().value!);
+    const decoded = this.#run(sql, slot, upto);
+    this.#decodes.set(id, { at: now, decoded });
+    decoded.catch(() => this.#decodes.delete(id));
+    return decoded;
+  }
+
+  async #run(sql: Sql, slot: string, upto: string): Promise<Decoded> {
+    const t0 = Date.now();
+    // One peek of a slot at a time: another agent peeking the same slot makes PostgreSQL refuse (55006) for a moment.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const d = await this.#peek(sql, slot, upto);
+        this.log.info({ slot, upto, changes: d.changes, tables: d.tables.size, overflow: d.overflow, ms: Date.now() - t0 }, 'change slot decoded');
+        return d;
+      } catch (e) {
+        if ((e as { code?: string }).code !== '55006' || attempt >= 60) throw e;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  async #peek(sqlPool: Sql, slot: string, upto: string): Promise<Decoded> {
+    const out: Decoded = { tables: new Map(), overflow: false, changes: 0 };
+    let kept = 0;
+    const keys = new Map<string, Promise<string[] | null>>();
+    await sqlPool.begin(async (txAny) => {
+      const tx = txAny as unknown as Sql;
+      // Values print in pinned text forms, the ones the bucket query reads them back with (diff-plan.ts).
+      await withPinnedTextForms(tx, async () => {
+        const cursor = tx<{ data: string }[]>`
+          SELECT data FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
+          WHERE data LIKE 'table %'`.cursor(2000);
+        for await (const rows of cursor) {
+          for (const { data } of rows) {
+            out.changes++;
+            const change = parseChange(data);
+            for (const name of change.tables) {
+              const k = tableKey(name.schema, name.table);
+              let t = out.tables.get(k);
+              if (!t) {
+                let pk = keys.get(k);
+                // On another pooled connection: this one is busy with the cursor.
+                if (!pk) keys.set(k, pk = primaryKey(sqlPool, name.schema, name.table));
+                t = { key: await pk, keys: new Set() };
+                if (!t.key) t.unusable = 'the table has no primary key';
+                out.tables.set(k, t);
+              }
+              if (t.unusable || out.overflow) continue;
+              if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
+              for (const tuple of change.tuples) {
+                const values = t.key!.map((c) => tuple.get(c));
+                if (values.some((v) => v === undefined || v === UNCHANGED_TOAST)) {
+                  t.unusable = `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
+                  t.keys.clear();
+                  break;
+                }
+                const before = t.keys.size;
+                t.keys.add(JSON.stringify(values));
+                if (t.keys.size > before && ++kept > this.maxKeys) { out.overflow = true; break; }
+              }
+            }
+          }
+        }
+      });
+    });
+    if (out.overflow) for (const t of out.tables.values()) t.keys.clear();
+    return out;
+  }
+}
+
+/** The table's primary key columns in key order, or null; looked up in the catalog as it is now. */
+async function primaryKey(sql: Sql, schema: string, table: string): Promise<string[] | null> {
+  const [r] = await sql<{ cols: string[] | null }[]>`
+    SELECT array_agg(a.attname::text ORDER BY k.i) AS cols
+    FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+    WHERE x.indrelid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AND x.indisprimary`;
+  return r?.cols?.length ? r.cols : null;
+}
+
+export const UNCHANGED_TOAST = Symbol('unchanged-toast-datum');
+type Value = string | null | typeof UNCHANGED_TOAST;
+export interface ParsedChange {
+  tables: { schema: string; table: string }[];
+  op: 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE';
+  /** The row images printed: one, or the old key and the new row of an UPDATE that changed the key. */
+  tuples: Map<string, Value>[];
+}
+
+const malformed = (line: string, why: string) => new Error(`unexpected test_decoding output (${why}) near ${JSON.stringify(line.slice(0, 40))}`);
+
+/** Parses one test_decoding line that starts with `table `. Row values come back as their text forms (type output functions). */
+export function parseChange(line: string): ParsedChange {
+  const p = { s: line, i: 'table '.length };
+  const tables: { schema: string; table: string }[] = [];
+  for (;;) {
+    const schema = identifier(p);
+    if (p.s[p.i] !== '.') throw malformed(line, 'qualified table name');
+    p.i++;
+    tables.push({ schema, table: identifier(p) });
+    if (p.s.startsWith(', ', p.i)) { p.i += 2; continue; }
+    break;
+  }
+  if (!p.s.startsWith(': ', p.i)) throw malformed(line, 'after the table name');
+  p.i += 2;
+  const end = p.s.indexOf(':', p.i);
+  const op = p.s.slice(p.i, end);
+  if (op !== 'INSERT' && op !== 'UPDATE' && op !== 'DELETE' && op !== 'TRUNCATE') throw malformed(line, 'operation');
+  p.i = end + 1;
+  const tuples: Map<string, Value>[] = [];
+  if (op !== 'TRUNCATE') {
+    if (p.s[p.i] === ' ') p.i++;
+    if (p.s.startsWith('(no-tuple-data)', p.i)) return { tables, op, tuples };
+    if (p.s.startsWith('old-key: ', p.i)) {
+      p.i += 'old-key: '.length;
+      tuples.push(tuple(p, 'new-tuple: '));
+      if (!p.s.startsWith('new-tuple: ', p.i)) throw malformed(line, 'new tuple');
+      p.i += 'new-tuple: '.length;
+    }
+    tuples.push(tuple(p, null));
+  }
+  return { tables, op, tuples };
+}
+
+interface Cursor { s: string; i: number }
+
+/** An identifier as quote_identifier prints it: bare, or in double quotes with "" for a quote. */
+function identifier(p: Cursor): string {
+  if (p.s[p.i] !== '"') {
+    const m = /^[a-z_][a-z0-9_$]*/.exec(p.s.slice(p.i, p.i + 128));
+    if (!m) throw malformed(p.s, 'identifier');
+    p.i += m[0].length;
+    return m[0];
+  }
+  let out = '';
+  for (let j = p.i + 1; j < p.s.length; j++) {
+    if (p.s[j] === '"') {
+      if (p.s[j + 1] === '"') { out += '"'; j++; continue; }
+      p.i = j + 1;
+      return out;
+    }
+    out += p.s[j];
+  }
+  throw malformed(p.s, 'unterminated quoted identifier');
+}
+
+/** `name[type]:value` pairs separated by single spaces, up to the end or `stop`. */
+function tuple(p: Cursor, stop: string | null): Map<string, Value> {
+  const row = new Map<string, Value>();
+  while (p.i < p.s.length && !(stop && p.s.startsWith(stop, p.i))) {
+    const name = identifier(p);
+    if (p.s[p.i] !== '[') throw malformed(p.s, 'column type');
+    const close = p.s.indexOf(']:', p.i);
+    if (close < 0) throw malformed(p.s, 'column type');
+    p.i = close + 2;
+    row.set(name, value(p));
+    if (p.s[p.i] === ' ') p.i++;
+  }
+  return row;
+}
+
+/**
+ * A value as test_decoding prints it: `'…'` with '' for a quote (most types), `B'…'` (bit strings),
+ * bare (numbers, true/false), `null`, or `unchanged-toast-datum`.
+ */
+function value(p: Cursor): Value {
+  const s = p.s;
+  if (s[p.i] === '\'' || (s[p.i] === 'B' && s[p.i + 1] === '\'')) {
+    if (s[p.i] === 'B') p.i++;
+    let out = '';
+    for (let j = p.i + 1; j < s.length; j++) {
+      if (s[j] === '\'') {
+        if (s[j + 1] === '\'') { out += '\''; j++; continue; }
+        p.i = j + 1;
+        return out;
+      }
+      out += s[j];
+    }
+    throw malformed(s, 'unterminated quoted value');
+  }
+  let end = s.indexOf(' ', p.i);
+  if (end < 0) end = s.length;
+  const raw = s.slice(p.i, end);
+  p.i = end;
+  if (raw === 'null') return null;
+  if (raw === 'unchanged-toast-datum') return UNCHANGED_TOAST;
+  return raw;
+}
+
+/** Drops change slots of this database by name (only syncflow's: CHANGE_SLOT); returns those gone afterwards. */
+export async function dropChangeSlots(sql: Sql, slots: readonly string[]): Promise<string[]> {
+  for (const s of slots) if (!CHANGE_SLOT.test(s)) throw invalidArgument(`change slot name ${JSON.stringify(s)} is malformed`);
+  const gone: string[] = [];
+  for (const slot of slots) {
+    try {
+      await sql`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = ${slot} AND database = current_database()`;
+      gone.push(slot);
+    } catch (e) {
+      // In use right now (a peek of another job, 55006): left for the next try.
+      if ((e as { code?: string }).code !== '55006') throw e;
+    }
+  }
+  return gone;
+}

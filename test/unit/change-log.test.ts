@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { parseChange, UNCHANGED_TOAST } from '../../packages/agent/src/read/change-log.js';
+
+/** test_decoding lines as PostgreSQL 15 prints them (captured from a real slot). */
+describe('change log: test_decoding lines', () => {
+  it('an UPDATE that keeps its key: the new row', () => {
+    const c = parseChange(`table public.t: UPDATE: id[bigint]:3 v[text]:'it''s' n[numeric]:1.50 b[boolean]:true`);
+    expect(c.tables).toEqual([{ schema: 'public', table: 't' }]);
+    expect(c.op).toBe('UPDATE');
+    expect([...c.tuples[0]!]).toEqual([['id', '3'], ['v', 'it\'s'], ['n', '1.50'], ['b', 'true']]);
+  });
+
+  it('an UPDATE that changes its key: old key, then the new row', () => {
+    const c = parseChange(`table public.t: UPDATE: old-key: id[bigint]:5 new-tuple: id[bigint]:100 v[text]:'x5'`);
+    expect(c.tuples.map((t) => t.get('id'))).toEqual(['5', '100']);
+  });
+
+  it('quoted names, composite keys, spaces and quotes in values, arrays, bit strings, null and unchanged TOAST', () => {
+    const c = parseChange(`table "My Schema"."We ""ird": INSERT: a[integer]:1 "b c"[text]:'a b''c' arr[integer[]]:'{1,2}' bits[bit(3)]:B'101' x[text]:null big[text]:unchanged-toast-datum`);
+    expect(c.tables).toEqual([{ schema: 'My Schema', table: 'We "ird' }]);
+    const t = c.tuples[0]!;
+    expect(t.get('a')).toBe('1');
+    expect(t.get('b c')).toBe('a b\'c');
+    expect(t.get('arr')).toBe('{1,2}');
+    expect(t.get('bits')).toBe('101');
+    expect(t.get('x')).toBeNull();
+    expect(t.get('big')).toBe(UNCHANGED_TOAST);
+  });
+
+  it('DELETE with and without the replica identity, TRUNCATE of several tables', () => {
+    expect([...parseChange(`table public.t: DELETE: id[bigint]:4`).tuples[0]!]).toEqual([['id', '4']]);
+    expect(parseChange(`table public.events: DELETE: (no-tuple-data)`).tuples).toEqual([]);
+    const tr = parseChange(`table public.a, public."B": TRUNCATE: (no-flags)`);
+    expect(tr.op).toBe('TRUNCATE');
+    expect(tr.tables).toEqual([{ schema: 'public', table: 'a' }, { schema: 'public', table: 'B' }]);
+  });
+
+  it('refuses what it does not understand instead of guessing', () => {
+    expect(() => parseChange(`table public.t: MERGE: id[bigint]:1`)).toThrow(/operation/);
+    expect(() => parseChange(`table public.t: INSERT: id[bigint]:'open`)).toThrow(/unterminated/);
+  });
+});
