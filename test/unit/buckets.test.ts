@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
-  bitmapOf, setBits, countBits, differingSlots, packFilter, unpackFilter, fineBitsFor, MAX_FINE_BITS, COARSE_SHIFT,
+  bitmapOf, setBits, countBits, differingSlots, packFilter, unpackFilter, keyFilter, fineBitsFor, MAX_FINE_BITS, COARSE_SHIFT,
 } from '../../packages/agent/src/read/buckets.js';
+import { deflateRawSync } from 'node:zlib';
 
 describe('diff buckets (pure parts)', () => {
   it('sizes fine buckets at about one row each, within bounds', () => {
@@ -24,7 +25,7 @@ describe('diff buckets (pure parts)', () => {
 
   it('packs a filter to a few bytes when sparse and unpacks it unchanged', () => {
     const m = bitmapOf(2 ** 20, [5, 99_999, 500_000]);
-    const wire = { ...packFilter(20, m), hashed_columns: ['id'] };
+    const wire = packFilter({ fineBits: 20, bitmap: m, hashed: ['id'] });
     expect(wire.buckets.length).toBeLessThan(1000);
     const back = unpackFilter(wire)!;
     expect(back.fineBits).toBe(20);
@@ -34,7 +35,16 @@ describe('diff buckets (pure parts)', () => {
   });
 
   it('refuses a filter whose bitmap does not match its size', () => {
-    expect(() => unpackFilter({ fine_bits: 12, buckets: packFilter(10, bitmapOf(1024, [1])).buckets })).toThrow();
+    expect(() => unpackFilter({ fine_bits: 12, buckets: packFilter({ fineBits: 10, bitmap: bitmapOf(1024, [1]), hashed: [] }).buckets })).toThrow();
+  });
+
+  it('packs a filter of keys (tracked changes) and unpacks it unchanged; refuses keys that are not tuples of strings', () => {
+    const keys = [['1', 'a b'], ['22', 'it\'s'], ['3', '{"x": 1}']];
+    const wire = packFilter(keyFilter(keys));
+    expect(wire.fine_bits).toBe(0);
+    expect(unpackFilter(wire)!.keys).toEqual(keys);
+    expect(() => unpackFilter({ fine_bits: 0, buckets: Buffer.alloc(0), keys: deflateRawSync('{"not": "tuples"}') })).toThrow(/array of key tuples/);
+    expect(() => unpackFilter({ fine_bits: 0, buckets: Buffer.alloc(0), keys: Buffer.from('not deflated') })).toThrow(/deflated JSON/);
   });
 
   it('finds the differing 8-byte digests', () => {

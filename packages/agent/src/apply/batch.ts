@@ -165,7 +165,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
   // Diff re-sync: only rows of the shipped buckets can be missing from the source.
-  if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
+  if (spec.diff) conds.push(inFilter(tx, spec.columns, k, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
-import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { hashedTypes, inBuckets, inKeys, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import type { KeySpec } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
 
@@ -19,9 +20,11 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
     digest text NOT NULL,                            -- sha256 of the bitmap: filters compare by it
     at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, task_id))`;
+  // Tracked changes ship the rows of listed keys (deflated JSON; fine_bits 0). Targets set up before have no column yet.
+  await tx`ALTER TABLE syncflow.diff_filters ADD COLUMN IF NOT EXISTS keys bytea NOT NULL DEFAULT ''`;
 }
 
-type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[] };
+type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer };
 export interface StoredFilter { wire: WireFilter; digest: string }
 
 /**
@@ -29,12 +32,14 @@ export interface StoredFilter { wire: WireFilter; digest: string }
  * stored by an agent with the earlier formula (upgraded in the middle of a job) selects other rows, so
  * it no longer matches and the task fails rather than skip rows by the wrong buckets.
  */
-const digestOf = (f: BucketFilter) => `b2:${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`;
+const digestOf = (f: BucketFilter) => (f.keys
+  ? `k1:${createHash('sha256').update(JSON.stringify(f.keys)).digest('hex')}`
+  : `b2:${f.fineBits}:${f.hashed.join(',')}:${createHash('sha256').update(f.bitmap).digest('hex')}`);
 
 export async function storedFilter(sql: Sql, jobId: string, taskId: string): Promise<StoredFilter | null> {
-  const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; digest: string }[]>`
-    SELECT fine_bits, buckets, hashed, digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
-  return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets, hashed_columns: r.hashed }, digest: r.digest } : null;
+  const [r] = await sql<{ fine_bits: number; buckets: Buffer; hashed: string[]; keys: Buffer; digest: string }[]>`
+    SELECT fine_bits, buckets, hashed, keys, digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
+  return r ? { wire: { fine_bits: r.fine_bits, buckets: r.buckets, hashed_columns: r.hashed, keys: r.keys }, digest: r.digest } : null;
 }
 
 export interface TaskFilter {
@@ -51,7 +56,7 @@ export async function filterTypes(tx: Sql, schema: string, table: string, f: Tas
 
 export function taskFilter(wire: pb.DiffFilter__Output): TaskFilter | null {
   const filter = unpackFilter(wire);
-  return filter ? { filter, wire, digest: digestOf(filter) } : null;
+  return filter ? { filter, wire: { ...wire, keys: wire.keys ?? Buffer.alloc(0) }, digest: digestOf(filter) } : null;
 }
 
 const mismatch = (what: string) => new SyncflowError(ErrorKind.Unavailable,
@@ -67,8 +72,8 @@ export function checkResume(committedSeq: number, stored: StoredFilter | null, f
 
 /** In a batch's transaction: stores the task's filter, or checks it against the stored one (a concurrent attempt). */
 export async function storeFilter(tx: Sql, jobId: string, taskId: string, f: TaskFilter): Promise<void> {
-  await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, hashed, digest)
-           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.digest}) ON CONFLICT DO NOTHING`;
+  await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, hashed, keys, digest)
+           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.wire.keys ?? Buffer.alloc(0)}, ${f.digest}) ON CONFLICT DO NOTHING`;
   const [r] = await tx<{ digest: string }[]>`SELECT digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
   if (r?.digest !== f.digest) throw mismatch('another attempt of this task stored a different bucket filter');
 }
@@ -77,9 +82,13 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
   await tx`DELETE FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
 }
 
-/** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. */
-export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
-  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
+/**
+ * `get_bit($bitmap, bucket(t)) = 1`, or the row's key among the filter's keys, for statements that
+ * take parameters; call inside withPinnedTextForms (keys are cast back from their pinned text forms).
+ */
+export function inFilter(tx: Sql, columns: readonly string[], key: KeySpec, f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
+  if (f.keys) return inKeys(tx, key, alias, f.keys);
+  return inBuckets(tx, { columns, keyColumns: key.columns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
 }
 
 /** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
@@ -87,7 +96,7 @@ export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilte
   const types = await hashedTypes(tx, u.schema, u.table, f.hashed);
   return withPinnedTextForms(tx, async () => {
     const r = await tx`
-      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f, types)} RETURNING ROW(t.*)::text AS r)
+      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, { columns: [], types: [] }, f, types)} RETURNING ROW(t.*)::text AS r)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
     return r.count;

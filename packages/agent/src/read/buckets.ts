@@ -1,6 +1,6 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { ident, invalidArgument, type Sql } from '@syncflow/shared';
-import { joinFragments, columnTypes } from './keys.js';
+import { ident, identList, invalidArgument, type Sql } from '@syncflow/shared';
+import { joinFragments, columnTypes, type KeySpec } from './keys.js';
 import { pinTextForms } from './text-forms.js';
 
 /**
@@ -157,14 +157,36 @@ export function countBits(m: Buffer): number {
   return n;
 }
 
-/** The wire form of a bucket filter: a deflated bitmap (sparse bitmaps shrink to a few bits per set bit). */
-export function packFilter(fineBits: number, bitmap: Buffer): { fine_bits: number; buckets: Buffer } {
-  return { fine_bits: fineBits, buckets: deflateRawSync(bitmap, { level: 6 }) };
+/**
+ * What a diff task ships: the rows of the set fine buckets, or — `keys` set (diff from tracked changes,
+ * fineBits 0) — the rows of exactly these keys (text forms in key column order).
+ */
+export interface BucketFilter { fineBits: number; bitmap: Buffer; hashed: readonly string[]; keys?: readonly (string | null)[][] }
+
+export const keyFilter = (keys: readonly (string | null)[][]): BucketFilter => ({ fineBits: 0, bitmap: Buffer.alloc(0), hashed: [], keys });
+
+/** The wire form: a deflated bitmap (sparse bitmaps shrink to a few bits per set bit), or the deflated JSON of the keys. */
+export function packFilter(f: BucketFilter): { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer } {
+  if (f.keys) return { fine_bits: 0, buckets: Buffer.alloc(0), hashed_columns: [], keys: deflateRawSync(JSON.stringify(f.keys), { level: 6 }) };
+  return { fine_bits: f.fineBits, buckets: deflateRawSync(f.bitmap, { level: 6 }), hashed_columns: [...f.hashed], keys: Buffer.alloc(0) };
 }
 
-export interface BucketFilter { fineBits: number; bitmap: Buffer; hashed: readonly string[] }
+/** Keys a filter may list: what one decode of a change slot keeps at most, with room. */
+const MAX_FILTER_KEY_BYTES = 512 << 20;
 
-export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_columns?: string[] } | null | undefined): BucketFilter | null {
+export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_columns?: string[]; keys?: Buffer } | null | undefined): BucketFilter | null {
+  if (f?.keys?.length) {
+    let keys: unknown;
+    try {
+      keys = JSON.parse(inflateRawSync(f.keys, { maxOutputLength: MAX_FILTER_KEY_BYTES }).toString('utf8'));
+    } catch {
+      throw invalidArgument('diff filter keys are not deflated JSON');
+    }
+    if (!Array.isArray(keys) || !keys.every((k) => Array.isArray(k) && k.every((v) => v === null || typeof v === 'string'))) {
+      throw invalidArgument('diff filter keys must be an array of key tuples of strings');
+    }
+    return keyFilter(keys as (string | null)[][]);
+  }
   if (!f || !f.fine_bits) return null;
   const fineBits = assertFineBits(f.fine_bits);
   const bitmap = inflateRawSync(f.buckets, { maxOutputLength: 2 ** fineBits / 8 });
@@ -173,12 +195,31 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
 }
 
 /**
- * The reader's filter (COPY takes no parameters): the bitmap rides in a transaction-local setting,
- * decoded once by an uncorrelated subquery (an InitPlan), then tested per row. Pins the text forms
- * for the read transaction (COPY output in ISO/UTC forms reads back to the same values).
+ * `(t.k1, …) IN (the filter's keys, cast to the key types)`: an uncorrelated subquery the planner
+ * answers by index lookups. `keys` is the source of the tuples: bound arrays, or the reader's setting.
  */
-export async function readerBucketCondition(tx: Sql, table: { schema: string; table: string }, spec: BucketSpec, filter: BucketFilter) {
+export function inKeys(sql: Sql, key: KeySpec, alias: string, keys: readonly (string | null)[][] | 'setting') {
+  const typed = key.types.map((t, i) => (keys === 'setting'
+    ? sql`CAST(e ->> ${sql.unsafe(String(i))} AS ${ident(sql, t.schema, t.name)})`
+    : sql`CAST(u.${ident(sql, `k${i}`)} AS ${ident(sql, t.schema, t.name)})`));
+  const from = keys === 'setting'
+    ? sql`jsonb_array_elements(current_setting('syncflow.diff_keys')::jsonb) AS e`
+    : sql`unnest(${joinFragments(sql, key.columns.map((_, i) => sql`${keys.map((k) => k[i] ?? null) as string[]}::text[]`))}) AS u(${joinFragments(sql, key.columns.map((_, i) => ident(sql, `k${i}`)))})`;
+  return sql`(${identList(sql, key.columns, alias || undefined)}) IN (SELECT ${joinFragments(sql, typed)} FROM ${from})`;
+}
+
+/**
+ * The reader's filter (COPY takes no parameters): the bitmap (or the keys, as JSON) rides in a
+ * transaction-local setting, decoded once by an uncorrelated subquery (an InitPlan), then tested per
+ * row. Pins the text forms for the read transaction (COPY output in ISO/UTC forms reads back to the
+ * same values; the keys' text forms are cast back in the same settings).
+ */
+export async function readerBucketCondition(tx: Sql, table: { schema: string; table: string }, spec: BucketSpec & { key: KeySpec }, filter: BucketFilter) {
   await pinTextForms(tx);
+  if (filter.keys) {
+    await tx`SELECT set_config('syncflow.diff_keys', ${JSON.stringify(filter.keys)}, true)`;
+    return { cond: inKeys(tx, spec.key, '', 'setting') };
+  }
   await tx`SELECT set_config('syncflow.diff', ${filter.bitmap.toString('base64')}, true)`;
   const types = await hashedTypes(tx, table.schema, table.table, filter.hashed);
   // Wrapped: an async function returning the fragment itself would run it (fragments are thenables).

@@ -73,7 +73,7 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
         }
       }
     }
-    if (spec.buckets) conds.push((await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits }, spec.buckets)).cond);
+    if (spec.buckets) conds.push((await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits, key: spec.key }, spec.buckets)).cond);
     const where = conds.length ? tx`WHERE ${joinFragments(tx as unknown as Sql, conds, ' AND ')}` : tx``;
     const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
     const binary = spec.format === 'binary';

@@ -92,8 +92,12 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
       if (msg.diff) {
         if (applied || duplicates) throw invalidArgument('a bucket filter must come before the first batch');
         spec.diff = taskFilter(msg.diff);
+        const keys = spec.diff?.filter.keys;
+        if (keys && (!spec.key.columns.length || keys.some((k) => k.length !== spec.key.columns.length || k.includes(null)))) {
+          throw invalidArgument(`a filter of keys needs a keyed table and ${spec.key.columns.length} non-null value(s) per key`);
+        }
         checkResume(pos.seq, stored, spec.diff ?? null);
-        tlog.info({ fine_bits: msg.diff.fine_bits }, 'diff re-sync: shipping only differing hash buckets');
+        tlog.info(keys ? { keys: keys.length } : { fine_bits: msg.diff.fine_bits }, keys ? 'diff re-sync: shipping the rows of the changed keys' : 'diff re-sync: shipping only differing hash buckets');
       } else if (msg.batch) {
         if (!applied && !duplicates) checkResume(pos.seq, stored, spec.diff ?? null);
         const b = msg.batch;

@@ -2,7 +2,7 @@ import { call, grpc, ident, injectContext, SyncflowError, ErrorKind, type Logger
 import { randomUUID } from 'node:crypto';
 import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
-  bitmapOf, countBits, differingSlots, fineBitsFor, fineBucket, hashedTypes, packFilter, unpackFilter, COARSE_SHIFT, MAX_FINE_BITS, type BucketFilter,
+  bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
 import { joinFragments, keyCompare } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
@@ -47,8 +47,8 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
   if (start.committedSeq > 0) {
     const pinned = unpackFilter(start.diff);
     if (!pinned) return full('diff: the task resumed after batches shipped without a bucket filter; every row is shipped');
-    if (pinned.hashed.join('\0') !== task.diff_hashed.join('\0')) throw new SyncflowError(ErrorKind.Internal, 'the stored bucket filter hashes other columns than this task', { code: 'diff_filter_mismatch' });
-    return describe(pinned, 0, 'diff (resumed with the stored bucket filter)');
+    if (!pinned.keys && pinned.hashed.join('\0') !== task.diff_hashed.join('\0')) throw new SyncflowError(ErrorKind.Internal, 'the stored bucket filter hashes other columns than this task', { code: 'diff_filter_mismatch' });
+    return describe(pinned, 0, `diff (resumed with the stored ${pinned.keys ? 'keys' : 'bucket filter'})`);
   }
   // Both sides must hash the same rows the reader will read: only inside the job snapshot.
   if (!snapshotUsable || !task.snapshot_id) return full('diff: the job snapshot is gone; every row is shipped');
@@ -70,24 +70,22 @@ export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentS
   if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
   if (!task.changes || !changes || !task.key_columns.length) return hashDiff(task, sql, target, log);
   const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
-  if ('keys' in found) return changedBuckets(task, sql, found.keys, log);
+  if ('keys' in found) return changedKeys(task, sql, found.keys, log);
   log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
   const d = await hashDiff(task, sql, target, log);
   return { ...d, note: `${d.note} (tracked changes not usable: ${found.unusable})` };
 }
 
 /**
- * The fine buckets (at the finest size: ~0 rows of other keys ride along) of the keys changed since
- * the table's last sync that fall into this task's key range. The keys come back typed from their
- * text forms (pinned, as decoded) and go through the same bucket hash as the rows.
+ * The keys changed since the table's last sync that fall into this task's key range, typed from
+ * their text forms (pinned, as decoded) and back, so equal values are listed once in one form: the
+ * task ships the rows of exactly these keys as they are in this job's snapshot (index lookups on both
+ * sides instead of a scan), and the target marks those of them the source no longer has.
  */
-async function changedBuckets(task: TaskMessage, sql: Sql, keys: (string | null)[][], log: Logger): Promise<DiffDecision> {
-  const fineBits = MAX_FINE_BITS;
+async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][], log: Logger): Promise<DiffDecision> {
   const t0 = Date.now();
-  const buckets = !keys.length ? [] : await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
+  const inRange = !keys.length ? [] : await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
     const tx = txAny as unknown as Sql;
-    const types = await hashedTypes(tx, task.schema, task.table, task.diff_hashed);
-    const spec = { columns: task.columns, keyColumns: task.key_columns, fineBits, hashed: task.diff_hashed, types };
     const key = { columns: task.key_columns, types: task.key_types };
     const u = task.key_columns.map((_, i) => ident(tx, `k${i}`));
     const arrays = task.key_columns.map((_, i) => tx`${keys.map((v) => v[i] ?? null) as string[]}::text[]`);
@@ -95,15 +93,14 @@ async function changedBuckets(task: TaskMessage, sql: Sql, keys: (string | null)
     const conds = [tx`true`];
     if (task.range?.after) conds.push(keyCompare(tx, key, 'r', '>', task.range.after));
     if (task.range?.upto) conds.push(keyCompare(tx, key, 'r', '<=', task.range.upto));
-    const rows = await tx<{ b: number }[]>`
-      SELECT DISTINCT ${fineBucket(tx, spec, 'r')}::int4 AS b
+    const rows = await tx<{ k: string[] }[]>`
+      SELECT DISTINCT ARRAY[${joinFragments(tx, task.key_columns.map((c) => tx`r.${ident(tx, c)}::text`))}] AS k
       FROM (SELECT ${joinFragments(tx, typed)} FROM unnest(${joinFragments(tx, arrays)}) AS u(${joinFragments(tx, u)})) r
       WHERE ${joinFragments(tx, conds, ' AND ')}`;
-    return rows.map((r) => r.b);
+    return rows.map((r) => r.k);
   }));
-  log.info({ changed_keys: keys.length, fine_differing: buckets.length, ms: Date.now() - t0 }, 'diff: buckets of the tracked changes');
-  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, buckets), hashed: task.diff_hashed };
-  return describe(filter, 0, `diff from tracked changes: ${keys.length} key(s) of the table changed since its last sync`);
+  log.info({ changed_keys: keys.length, in_range: inRange.length, ms: Date.now() - t0 }, 'diff: keys of the tracked changes');
+  return describe(keyFilter(inRange), 0, `diff from tracked changes: ${keys.length} key(s) of the table changed since its last sync`);
 }
 
 /**
@@ -153,13 +150,15 @@ async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClie
 }
 
 function describe(filter: BucketFilter, wire: number, lead: string): DiffDecision {
+  const message = packFilter(filter);
+  const wireBytes = wire + message.buckets.length + message.keys.length;
+  if (filter.keys) {
+    const n = filter.keys.length;
+    return { filter, message, wireBytes, fineDiffering: n, fineTotal: n, note: `${lead}, ${n} in this task's key range` };
+  }
   const fineTotal = 2 ** filter.fineBits;
   const fineDiffering = countBits(filter.bitmap);
-  const message = { ...packFilter(filter.fineBits, filter.bitmap), hashed_columns: [...filter.hashed] };
-  return {
-    filter, message, wireBytes: wire + message.buckets.length, fineDiffering, fineTotal,
-    note: `${lead}, ${fineDiffering} of ${fineTotal} fine buckets`,
-  };
+  return { filter, message, wireBytes, fineDiffering, fineTotal, note: `${lead}, ${fineDiffering} of ${fineTotal} fine buckets` };
 }
 
 async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fineBits: number, coarse: Buffer | null, session: string): Promise<pb.DiffReply__Output> {
