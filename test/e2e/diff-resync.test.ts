@@ -131,7 +131,7 @@ describe('diff re-sync', () => {
     expect(logs).not.toContain('scanned again');
   });
 
-  it('PrepareDiffs refuses what is not a task message: INVALID_ARGUMENT naming it, nothing queued', async () => {
+  it('PrepareDiffs refuses what is not a task message, change slot RPCs a name not syncflow\'s: INVALID_ARGUMENT naming it, nothing queued or dropped', async () => {
     const ready = stack.logs().split('\n').find((l) => l.includes('"msg":"agent ready"') && l.includes('"group":"a"'))!;
     const address = JSON.parse(ready.slice(ready.indexOf('{'))).address as string;
     const AgentService = loadProtos().proto.syncflow.v1.AgentService;
@@ -141,6 +141,13 @@ describe('diff re-sync', () => {
       await expect(bad).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/^tasks\[0\] is not a task message: \w+ /) });
       await expect(call(client, 'PrepareDiffs', { tasks: [Buffer.from('not json')] })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
       expect(await call(client, 'PrepareDiffs', { tasks: [] })).toMatchObject({ accepted: 0 });
+      // Change slot names go into replication commands and pg_drop_replication_slot: only syncflow's own shape passes.
+      const before = await slots();
+      await expect(call(client, 'DropChangeSlots', { slots: ['user_slot'] })).rejects.toMatchObject({
+        code: grpc.status.INVALID_ARGUMENT, details: expect.stringContaining('change slot name "user_slot" is malformed'),
+      });
+      await expect(call(client, 'ExportSnapshot', { job_id: 'j', change_slot: 'syncflow_x; DROP TABLE orders' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+      expect(await slots()).toEqual(before);
     } finally {
       client.close();
     }

@@ -3,7 +3,7 @@ import type { Pools } from './pools.js';
 import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
-import { dropChangeSlots } from './read/change-log.js';
+import { assertChangeSlots, dropChangeSlots } from './read/change-log.js';
 import { prepareTarget, finalizeTarget, restoreConstraints } from './apply/target.js';
 import { restoreIndexes } from './apply/defer-indexes.js';
 import { purgeUndo } from './apply/undo.js';
@@ -29,8 +29,9 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       return introspect(sql);
     }),
     ExportSnapshot: traced('export snapshot', async (req: pb.SnapshotRequest__Output) => {
-      const { url } = conn(req.connection);
       if (!req.job_id) throw invalidArgument('job_id is required');
+      if (req.change_slot) assertChangeSlots([req.change_slot]);
+      const { url } = conn(req.connection);
       const r = await snapshots.export(req.job_id, url, req.change_slot);
       return { snapshot_id: r.id, change_slot: r.change?.slot ?? '', change_lsn: r.change?.lsn ?? '', change_note: r.note ?? '' };
     }),
@@ -75,6 +76,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       return { accepted: prefetch.add(tasks) };
     }),
     DropChangeSlots: traced('drop change slots', async (req: pb.DropChangeSlotsRequest__Output) => {
+      assertChangeSlots(req.slots);
       const { sql, c } = conn(req.connection);
       await checkReachable(sql, c.name);
       return { dropped: await dropChangeSlots(sql, req.slots) };

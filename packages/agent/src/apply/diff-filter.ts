@@ -17,11 +17,15 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
     job_id uuid NOT NULL, task_id text NOT NULL,
     fine_bits int NOT NULL, buckets bytea NOT NULL,  -- the wire form (deflated bitmap)
     hashed text[] NOT NULL,                          -- columns hashed by their type's hash function
-    digest text NOT NULL,                            -- sha256 of the bitmap: filters compare by it
+    digest text NOT NULL,                            -- sha256 of the bitmap (or keys): filters compare by it
+    keys bytea NOT NULL DEFAULT '',                  -- tracked changes: deflated JSON of the keys (fine_bits 0)
     at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, task_id))`;
-  // Tracked changes ship the rows of listed keys (deflated JSON; fine_bits 0). Targets set up before have no column yet.
-  await tx`ALTER TABLE syncflow.diff_filters ADD COLUMN IF NOT EXISTS keys bytea NOT NULL DEFAULT ''`;
+  // Targets set up before tracked changes have no keys column yet. Looked up first: ALTER TABLE, even
+  // one that changes nothing, takes an exclusive lock that waits for every batch in flight (this runs
+  // at every stream's start) and holds up every batch behind it.
+  const [has] = await tx`SELECT 1 FROM pg_attribute WHERE attrelid = 'syncflow.diff_filters'::regclass AND attname = 'keys' AND NOT attisdropped`;
+  if (!has) await tx`ALTER TABLE syncflow.diff_filters ADD COLUMN keys bytea NOT NULL DEFAULT ''`;
 }
 
 type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer };

@@ -34,7 +34,7 @@ export class ChangeLog {
 
   /** The changed keys of one table between the slot's point and `upto`, in key column order. */
   async changesFor(sql: Sql, slot: string, upto: string, schema: string, table: string, keyColumns: readonly string[]): Promise<TableChanges> {
-    if (!CHANGE_SLOT.test(slot)) throw invalidArgument(`change slot name ${JSON.stringify(slot)} is malformed`);
+    assertChangeSlots([slot]);
     let decoded: Decoded;
     try {
       decoded = await this.#decode(sql, slot, upto);
@@ -226,15 +226,13 @@ function value(p: Cursor): Value {
   if (s[p.i] === '\'' || (s[p.i] === 'B' && s[p.i + 1] === '\'')) {
     if (s[p.i] === 'B') p.i++;
     let out = '';
-    for (let j = p.i + 1; j < s.length; j++) {
-      if (s[j] === '\'') {
-        if (s[j + 1] === '\'') { out += '\''; j++; continue; }
-        p.i = j + 1;
-        return out;
-      }
-      out += s[j];
+    for (let j = p.i + 1; ;) {
+      const q = s.indexOf('\'', j);
+      if (q < 0) throw malformed(s, 'unterminated quoted value');
+      if (s[q + 1] === '\'') { out += s.slice(j, q + 1); j = q + 2; continue; }
+      p.i = q + 1;
+      return out + s.slice(j, q);
     }
-    throw malformed(s, 'unterminated quoted value');
   }
   let end = s.indexOf(' ', p.i);
   if (end < 0) end = s.length;
@@ -245,9 +243,14 @@ function value(p: Cursor): Value {
   return raw;
 }
 
-/** Drops change slots of this database by name (only syncflow's: CHANGE_SLOT); returns those gone afterwards. */
+/** Only syncflow's change slots (CHANGE_SLOT) are ever named in SQL or dropped. */
+export function assertChangeSlots(slots: readonly string[]): void {
+  for (const s of slots) if (!CHANGE_SLOT.test(s)) throw invalidArgument(`change slot name ${JSON.stringify(s)} is malformed (syncflow_ and 32 hex digits)`);
+}
+
+/** Drops change slots of this database by name; returns those gone afterwards. */
 export async function dropChangeSlots(sql: Sql, slots: readonly string[]): Promise<string[]> {
-  for (const s of slots) if (!CHANGE_SLOT.test(s)) throw invalidArgument(`change slot name ${JSON.stringify(s)} is malformed`);
+  assertChangeSlots(slots);
   const gone: string[] = [];
   for (const slot of slots) {
     try {

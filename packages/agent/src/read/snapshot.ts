@@ -34,7 +34,7 @@ export class SnapshotHolder {
     if (existing) return { id: existing.id, change: existing.change };
     let note: string | undefined;
     if (changeSlot) {
-      if (!CHANGE_SLOT.test(changeSlot)) throw invalidArgument(`change slot name ${JSON.stringify(changeSlot)} is malformed`);
+      if (!CHANGE_SLOT.test(changeSlot)) throw invalidArgument(`change slot name ${JSON.stringify(changeSlot)} is malformed (syncflow_ and 32 hex digits)`);
       try {
         return await this.#exportWithSlot(jobId, url, changeSlot);
       } catch (e) {
