@@ -8,6 +8,7 @@ import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
+import { keysFrom } from '../read/buckets.js';
 import { storeFilter, inFilter, filterTypes, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 
@@ -164,12 +165,14 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
     }
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
-  // Diff re-sync: only rows of the shipped buckets can be missing from the source.
-  if (spec.diff) conds.push(inFilter(tx, spec.columns, k, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
+  // Diff re-sync: only rows of the shipped buckets (or keys) can be missing from the source.
+  const keys = spec.diff?.filter.keys;
+  if (spec.diff && !keys) conds.push(inFilter(tx, spec.columns, k, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
+  const from = keys ? keysFrom(tx, spec, k, keys, 't') : tx`${ident(tx, spec.schema, spec.table)} t`;
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]
-    FROM ${ident(tx, spec.schema, spec.table)} t
+    FROM ${from}
     WHERE ${conds.length ? andAll(tx, conds) : tx`true`}
     ON CONFLICT DO NOTHING`;
   const rows = spec.diff ? await withPinnedTextForms(tx, mark) : await mark();

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
-import { hashedTypes, inBuckets, inKeys, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
 import type { KeySpec } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
@@ -86,12 +86,9 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
   await tx`DELETE FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
 }
 
-/**
- * `get_bit($bitmap, bucket(t)) = 1`, or the row's key among the filter's keys, for statements that
- * take parameters; call inside withPinnedTextForms (keys are cast back from their pinned text forms).
- */
+/** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. A filter of keys is a FROM item instead (keysFrom). */
 export function inFilter(tx: Sql, columns: readonly string[], key: KeySpec, f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
-  if (f.keys) return inKeys(tx, key, alias, f.keys);
+  if (f.keys) throw new SyncflowError(ErrorKind.Internal, 'a filter of keys is not a condition (keysFrom)');
   return inBuckets(tx, { columns, keyColumns: key.columns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
 }
 

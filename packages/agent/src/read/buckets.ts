@@ -195,17 +195,23 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
 }
 
 /**
- * `(t.k1, …) IN (the filter's keys, cast to the key types)`: an uncorrelated subquery the planner
- * answers by index lookups. `keys` is the source of the tuples: bound arrays, or the reader's setting.
+ * A FROM item of the table's rows with the filter's keys, as `alias`: one index lookup per key, in
+ * a LATERAL subquery the planner cannot flatten (OFFSET 0) — a plain `IN (…)` let it scan a freshly
+ * loaded target table without statistics once per key (a minute for 5 000 keys of a 440 000-row
+ * part). `keys`: bound arrays, or the reader's transaction-local setting (COPY takes no parameters).
+ * The key columns of the list are named "syncflow.kN", which no unqualified column name can hit.
  */
-export function inKeys(sql: Sql, key: KeySpec, alias: string, keys: readonly (string | null)[][] | 'setting') {
+export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: readonly (string | null)[][] | 'setting', alias: string) {
+  const kcol = (i: number) => ident(sql, `syncflow.k${i}`);
   const typed = key.types.map((t, i) => (keys === 'setting'
-    ? sql`CAST(e ->> ${sql.unsafe(String(i))} AS ${ident(sql, t.schema, t.name)})`
-    : sql`CAST(u.${ident(sql, `k${i}`)} AS ${ident(sql, t.schema, t.name)})`));
-  const from = keys === 'setting'
+    ? sql`CAST(e ->> ${sql.unsafe(String(i))} AS ${ident(sql, t.schema, t.name)}) AS ${kcol(i)}`
+    : sql`CAST(u.${ident(sql, `k${i}`)} AS ${ident(sql, t.schema, t.name)}) AS ${kcol(i)}`));
+  const list = keys === 'setting'
     ? sql`jsonb_array_elements(current_setting('syncflow.diff_keys')::jsonb) AS e`
     : sql`unnest(${joinFragments(sql, key.columns.map((_, i) => sql`${keys.map((k) => k[i] ?? null) as string[]}::text[]`))}) AS u(${joinFragments(sql, key.columns.map((_, i) => ident(sql, `k${i}`)))})`;
-  return sql`(${identList(sql, key.columns, alias || undefined)}) IN (SELECT ${joinFragments(sql, typed)} FROM ${from})`;
+  const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${kcol(i)}`), ' AND ');
+  return sql`(SELECT DISTINCT ${joinFragments(sql, typed)} FROM ${list}) AS k
+    CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
 }
 
 /**
@@ -214,11 +220,12 @@ export function inKeys(sql: Sql, key: KeySpec, alias: string, keys: readonly (st
  * row. Pins the text forms for the read transaction (COPY output in ISO/UTC forms reads back to the
  * same values; the keys' text forms are cast back in the same settings).
  */
-export async function readerBucketCondition(tx: Sql, table: { schema: string; table: string }, spec: BucketSpec & { key: KeySpec }, filter: BucketFilter) {
+export async function readerBucketCondition(tx: Sql, table: { schema: string; table: string }, spec: BucketSpec & { key: KeySpec }, filter: BucketFilter):
+  Promise<{ cond?: ReturnType<Sql['unsafe']>; from?: ReturnType<Sql['unsafe']> }> {
   await pinTextForms(tx);
   if (filter.keys) {
     await tx`SELECT set_config('syncflow.diff_keys', ${JSON.stringify(filter.keys)}, true)`;
-    return { cond: inKeys(tx, spec.key, '', 'setting') };
+    return { from: keysFrom(tx, table, spec.key, 'setting', 't') };
   }
   await tx`SELECT set_config('syncflow.diff', ${filter.bitmap.toString('base64')}, true)`;
   const types = await hashedTypes(tx, table.schema, table.table, filter.hashed);

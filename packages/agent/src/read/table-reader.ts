@@ -73,13 +73,19 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
         }
       }
     }
-    if (spec.buckets) conds.push((await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits, key: spec.key }, spec.buckets)).cond);
+    // A diff's filter: a condition on the rows' buckets, or the rows of listed keys looked up one by one.
+    let from: ReturnType<Sql['unsafe']> = table;
+    if (spec.buckets) {
+      const f = await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits, key: spec.key }, spec.buckets);
+      if (f.cond) conds.push(f.cond);
+      if (f.from) from = f.from;
+    }
     const where = conds.length ? tx`WHERE ${joinFragments(tx as unknown as Sql, conds, ' AND ')}` : tx``;
     const order = keyed ? tx`ORDER BY ${identList(tx as unknown as Sql, spec.key.columns)}` : tx``;
     const binary = spec.format === 'binary';
     const query = binary
-      ? tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT (FORMAT binary)`
-      : tx`COPY (SELECT ${cols} FROM ${table} ${where} ${order}) TO STDOUT`;
+      ? tx`COPY (SELECT ${cols} FROM ${from} ${where} ${order}) TO STDOUT (FORMAT binary)`
+      : tx`COPY (SELECT ${cols} FROM ${from} ${where} ${order}) TO STDOUT`;
     const stream = await query.readable();
     const size = typeof spec.batchBytes === 'function' ? spec.batchBytes : () => spec.batchBytes as number;
     const batcher = binary ? new TupleBatcher(size()) : new RowBatcher(size());
