@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const changes = new ChangeLog(log, cfg.SYNCFLOW_CHANGE_MAX_KEYS);
   const prefetch = new DiffPrefetch(log, changes);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
-  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, prefetch, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
+  server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, prefetch, changes, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
   const port = await bind(server, cfg.SYNCFLOW_LISTEN, serverCredentials(tls));
   const address = cfg.SYNCFLOW_ADVERTISE ?? `${cfg.SYNCFLOW_LISTEN.replace(/:\d+$/, '')}:${port}`;
 

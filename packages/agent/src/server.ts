@@ -3,9 +3,9 @@ import type { Pools } from './pools.js';
 import { checkReachable } from './pools.js';
 import { introspect } from './read/introspect.js';
 import type { SnapshotHolder } from './read/snapshot.js';
-import { assertChangeSlots, dropChangeSlots } from './read/change-log.js';
+import { assertChangeSlots, dropChangeSlots, type ChangeLog } from './read/change-log.js';
 import { prepareTarget, finalizeTarget, restoreConstraints } from './apply/target.js';
-import { restoreIndexes } from './apply/defer-indexes.js';
+import { restoreIndexes, analyzeTable } from './apply/defer-indexes.js';
 import { purgeUndo } from './apply/undo.js';
 import { transferHandler } from './stream/transfer-server.js';
 import { splitPoints } from './read/split.js';
@@ -14,7 +14,7 @@ import { safetyHandlers } from './safety-rpc.js';
 import type { DiffPrefetch } from './work/diff-prefetch.js';
 
 /** Binds AgentService: each RPC validates its input and delegates to its stage. */
-export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, prefetch: DiffPrefetch, undoRetentionHours = 168): pb.AgentServiceHandlers {
+export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logger, prefetch: DiffPrefetch, changes: ChangeLog, undoRetentionHours = 168): pb.AgentServiceHandlers {
   const conn = (c: pb.SealedConnection__Output | null) => {
     if (!c?.sealed_url) throw invalidArgument('connection is required');
     return { c, ...pools.get(c) };
@@ -31,8 +31,10 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     ExportSnapshot: traced('export snapshot', async (req: pb.SnapshotRequest__Output) => {
       if (!req.job_id) throw invalidArgument('job_id is required');
       if (req.change_slot) assertChangeSlots([req.change_slot]);
-      const { url } = conn(req.connection);
+      assertChangeSlots(req.decode_slots);
+      const { url, sql } = conn(req.connection);
       const r = await snapshots.export(req.job_id, url, req.change_slot);
+      if (r.change) for (const slot of req.decode_slots) changes.prefetch(sql, slot, r.change.lsn);
       return { snapshot_id: r.id, change_slot: r.change?.slot ?? '', change_lsn: r.change?.lsn ?? '', change_note: r.note ?? '' };
     }),
     ReleaseSnapshot: traced('release snapshot', async (req: pb.SnapshotRequest__Output) => {
@@ -57,6 +59,9 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
       // shorter work), then the indexes one at a time: the other tables of the load still use the cores.
       const fks = req.fk_tables.length ? await restoreConstraints(sql, req.job_id, log, [], req.fk_tables) : { restored: 0 };
       const indexes = req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0;
+      // Statistics for the loaded tables, as pgcopydb's VACUUM ANALYZE leaves them: without them the
+      // planner guesses (autovacuum may be late or off), e.g. for the next re-sync's upserts.
+      for (const t of req.tables) await analyzeTable(sql, t.schema, t.name, log);
       return { indexes_restored: indexes, constraints_restored: fks.restored };
     }),
     SplitPoints: traced('split points', async (req: pb.SplitRequest__Output) => {

@@ -71,6 +71,17 @@ export async function restoreIndexes(sql: Sql, jobId: string, parallel: number, 
   return rebuilt;
 }
 
+/** ANALYZE of a table the job loaded; a failure (the table dropped meanwhile, a lock timeout) is logged, not thrown: statistics only help. */
+export async function analyzeTable(sql: Sql, schema: string, table: string, log: Logger): Promise<void> {
+  const started = Date.now();
+  try {
+    await sql`ANALYZE ${ident(sql, schema, table)}`;
+    log.info({ table: `${schema}.${table}`, ms: Date.now() - started }, 'loaded table analyzed');
+  } catch (e) {
+    log.warn({ table: `${schema}.${table}`, err: (e as Error).message }, 'ANALYZE of a loaded table failed; autovacuum will do it');
+  }
+}
+
 async function definitionOf(sql: Sql, schema: string, name: string): Promise<string | null> {
   const [r] = await sql<{ d: string }[]>`
     SELECT pg_get_indexdef(c.oid) AS d FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -32,6 +32,12 @@ export class ChangeLog {
   /** `maxKeys`: changed keys kept per decode, over all tables; past this, hashing is cheaper than fetching them. */
   constructor(private log: Logger, private maxKeys = 1_000_000) {}
 
+  /** Starts decoding the slot up to `upto` now (ExportSnapshot's decode_slots); the tasks that ask later share it. */
+  prefetch(sql: Sql, slot: string, upto: string): void {
+    assertChangeSlots([slot]);
+    this.#decode(sql, slot, upto).catch((e) => this.log.warn({ slot, err: (e as Error).message }, 'decoding a change slot ahead failed; the tasks decode it again'));
+  }
+
   /** The changed keys of one table between the slot's point and `upto`, in key column order. */
   async changesFor(sql: Sql, slot: string, upto: string, schema: string, table: string, keyColumns: readonly string[]): Promise<TableChanges> {
     assertChangeSlots([slot]);

@@ -38,15 +38,18 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     // Every job but --diff off leaves a change slot: the next re-sync of its tables decodes what changed since.
     const askedSlot = req.diff === 'off' ? '' : changeSlotOf(jobId);
     await dropRetiredSlots(d, req.from);
+    const baselines = await d.baselines.forPair(req.from.name, req.to.name);
+    // The agent starts decoding the earlier syncs' slots as soon as it has made this job's, while we plan.
+    const decodeSlots = askedSlot && req.diff !== 'hash' ? [...new Set([...baselines.values()].map((b) => b.slot))] : [];
     const snap = await d.agents.call<pb.SnapshotReply__Output>(req.from.agent_group, 'ExportSnapshot', {
-      job_id: jobId, connection: { name: req.from.name, sealed_url: req.from.sealed_url }, change_slot: askedSlot,
+      job_id: jobId, connection: { name: req.from.name, sealed_url: req.from.sealed_url }, change_slot: askedSlot, decode_slots: decodeSlots,
     });
     const snapshotId = snap.snapshot_id;
     // Asked for but not made (or made and the reply lost): retired, so it cannot be left behind.
     if (askedSlot && !snap.change_slot) await d.baselines.retireIfUnused(req.from.name, askedSlot, jobId);
     let planned;
     try {
-      const changes = snap.change_lsn ? { lsn: snap.change_lsn, baselines: await d.baselines.forPair(req.from.name, req.to.name) } : undefined;
+      const changes = snap.change_lsn ? { lsn: snap.change_lsn, baselines } : undefined;
       planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier, changes });
       assertNoErrors(planned.plan.checks ?? []);
       // --create-missing: tables created now (one transaction), their indexes and FKs after the data.
