@@ -30,8 +30,8 @@ beforeAll(async () => {
 
 afterAll(() => stopRegions({ stack, api }));
 
-async function sync(mode: string): Promise<pb.Job__Output> {
-  const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', mode, split_rows: 10_000, batch_bytes: 64 * 1024 });
+async function sync(mode: string, extra: object = {}): Promise<pb.Job__Output> {
+  const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b', mode, split_rows: 10_000, batch_bytes: 64 * 1024, ...extra });
   const done = await api.waitJob(job.id);
   expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
   return done;
@@ -100,7 +100,9 @@ describe('big tables in parts', () => {
       INSERT INTO orders SELECT 'zz', g, 1, 'late' FROM generate_series(1, 50) g;
       DELETE FROM clicks WHERE url = '/p/9';`);
     await b.exec('shop', `INSERT INTO orders VALUES ('aa', 1, 1, 'only on the target'), ('mm', 5, 1, 'only on the target');`);
-    const job = await sync('SYNC_MODE_MIRROR');
+    // Rows written on the target by hand are not in the source's tracked changes: --diff hash finds them
+    // (diff-resync.test.ts shows a --diff auto job missing such a write).
+    const job = await sync('SYNC_MODE_MIRROR', { diff: 'hash' });
     expect(job.tasks.filter((t) => t.table === 'orders').length).toBeGreaterThanOrEqual(4);
     expect(diffHashes(await databaseHashes(a.sql('shop')), await databaseHashes(b.sql('shop')))).toEqual([]);
     const rep = await expectOneLinePerTable(job);

@@ -86,7 +86,7 @@ export class ChangeLog {
   async #peek(sqlPool: Sql, slot: string, upto: string): Promise<Decoded> {
     const out: Decoded = { tables: new Map(), overflow: false, changes: 0 };
     let kept = 0;
-    const keys = new Map<string, Promise<string[] | null>>();
+    const tables = new Map<string, Promise<TableInfo>>();
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       // Values print in pinned text forms, the ones the bucket query reads them back with (diff-plan.ts).
@@ -99,13 +99,15 @@ export class ChangeLog {
             out.changes++;
             const change = parseChange(data);
             for (const name of change.tables) {
-              const k = tableKey(name.schema, name.table);
+              // A partition's changes count for the partitioned table the tasks sync.
+              let info = tables.get(tableKey(name.schema, name.table));
+              // On another pooled connection: this one is busy with the cursor.
+              if (!info) tables.set(tableKey(name.schema, name.table), info = tableInfo(sqlPool, name.schema, name.table));
+              const { root, key } = await info;
+              const k = tableKey(root.schema, root.table);
               let t = out.tables.get(k);
               if (!t) {
-                let pk = keys.get(k);
-                // On another pooled connection: this one is busy with the cursor.
-                if (!pk) keys.set(k, pk = primaryKey(sqlPool, name.schema, name.table));
-                t = { key: await pk, keys: new Set() };
+                t = { key, keys: new Set() };
                 if (!t.key) t.unusable = 'the table has no primary key';
                 out.tables.set(k, t);
               }
@@ -132,14 +134,25 @@ export class ChangeLog {
   }
 }
 
-/** The table's primary key columns in key order, or null; looked up in the catalog as it is now. */
-async function primaryKey(sql: Sql, schema: string, table: string): Promise<string[] | null> {
-  const [r] = await sql<{ cols: string[] | null }[]>`
-    SELECT array_agg(a.attname::text ORDER BY k.i) AS cols
-    FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-    WHERE x.indrelid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AND x.indisprimary`;
-  return r?.cols?.length ? r.cols : null;
+interface TableInfo { root: { schema: string; table: string }; key: string[] | null }
+
+/**
+ * A table named in the changes, looked up in the catalog as it is now: the table a task syncs (the
+ * root of its partition tree, for a partition) and its primary key columns in key order, or null.
+ */
+async function tableInfo(sql: Sql, schema: string, table: string): Promise<TableInfo> {
+  const [r] = await sql<{ root_schema: string | null; root_table: string | null; cols: string[] | null }[]>`
+    WITH t AS (SELECT to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AS oid)
+    SELECT n.nspname AS root_schema, c.relname AS root_table,
+      (SELECT array_agg(a.attname::text ORDER BY k.i)
+       FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
+       JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+       WHERE x.indrelid = t.oid AND x.indisprimary) AS cols
+    FROM t LEFT JOIN pg_class c ON c.oid = coalesce(pg_partition_root(t.oid), t.oid) LEFT JOIN pg_namespace n ON n.oid = c.relnamespace`;
+  return {
+    root: r?.root_schema && r.root_table ? { schema: r.root_schema, table: r.root_table } : { schema, table },
+    key: r?.cols?.length ? r.cols : null,
+  };
 }
 
 export const UNCHANGED_TOAST = Symbol('unchanged-toast-datum');
