@@ -186,6 +186,29 @@ describe('diff re-sync', () => {
     expect(await same()).toEqual([]);
   });
 
+  it('a transaction running on the source past the slot wait: the job goes on with a plain snapshot and says why', async () => {
+    // An open transaction that wrote: creating a slot waits for it to end (SYNCFLOW_CHANGE_SLOT_WAIT_MS, 10 s).
+    const held = a.sql('shop').reserve();
+    const conn = await held;
+    try {
+      await conn`BEGIN`;
+      await conn`UPDATE tags SET label = label WHERE name = 'tag, "1"' AND lang = 'de'`;
+      const before = await slots();
+      const started = await api.call<pb.Job__Output>('StartSync', { from: 'shop-a', to: 'shop-b', mode: 'SYNC_MODE_MIRROR', tables: ['tags'] });
+      const job = await api.waitJob(started.id);
+      expect(job.state, job.error).toBe('JOB_STATE_COMPLETED');
+      const { entries } = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+      expect(entries.find((e) => e.level === 'warn' && e.message.startsWith('no change slot'))?.message)
+        .toMatch(/^no change slot \(the next re-sync hashes every row\): transactions running on the source kept the slot from being created for 10 s$/);
+      // Nothing half-made is left behind: no new slot, the earlier ones kept.
+      expect(await slots()).toEqual(before);
+    } finally {
+      await conn`ROLLBACK`.catch(() => undefined);
+      conn.release();
+    }
+    expect(await same()).toEqual([]);
+  }, 120_000);
+
   it('diff off ships every row', async () => {
     const { job, diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['tags'], diff: 'off' });
     expect(diffLines).toEqual([]);

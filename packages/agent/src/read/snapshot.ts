@@ -11,8 +11,9 @@ export interface ChangeSlot { slot: string; lsn: string }
 export interface Exported { id: string; change?: ChangeSlot; note?: string }
 
 /**
- * Holds one exporting transaction per job (REPEATABLE READ, READ ONLY) so every reader of the job
- * can SET TRANSACTION SNAPSHOT to it. The transaction stays open until the job releases it.
+ * Holds one exported snapshot per job so every reader of the job can SET TRANSACTION SNAPSHOT to it:
+ * the replication connection that created the job's change slot, or an exporting transaction
+ * (REPEATABLE READ, READ ONLY), open until the job releases it.
  */
 export class SnapshotHolder {
   readonly #held = new Map<string, Held>();
@@ -46,11 +47,21 @@ export class SnapshotHolder {
   }
 
   async #exportWithSlot(jobId: string, url: string, slot: string): Promise<Exported> {
+    const name = `syncflow-snapshot-${slot}`;
     const sql = postgres(url, {
       max: 1, idle_timeout: 0, fetch_types: false, onnotice: () => undefined,
-      connection: { application_name: `syncflow-snapshot-${jobId.slice(0, 8)}`, replication: 'database' } as Record<string, string>,
+      connection: { application_name: name, replication: 'database' } as Record<string, string>,
     });
-    const timer = setTimeout(() => void sql.end({ timeout: 0 }), this.slotWaitMs);
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; void giveUp(); }, this.slotWaitMs);
+    // The server keeps waiting (and would then make the slot) after the client hangs up: end its backend,
+    // which drops a slot still being made.
+    const giveUp = async () => {
+      const other = postgres(url, { max: 1, idle_timeout: 1, onnotice: () => undefined });
+      await other`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ${name} AND backend_type = 'walsender'`.catch(() => undefined);
+      await other.end({ timeout: 1 }).catch(() => undefined);
+      await sql.end({ timeout: 0 }).catch(() => undefined);
+    };
     try {
       // A replication command takes no parameters: the slot name is checked against CHANGE_SLOT (export).
       const [row] = await sql.unsafe<{ consistent_point: string; snapshot_name: string }[]>(
@@ -63,11 +74,8 @@ export class SnapshotHolder {
     } catch (e) {
       clearTimeout(timer);
       await sql.end({ timeout: 1 }).catch(() => undefined);
-      const err = toSyncflowError(e);
-      if (/CONNECTION_(ENDED|DESTROYED)/.test(err.message) || /write CONNECTION_CLOSED/.test(err.message)) {
-        throw new Error(`transactions running on the source kept the slot from being created for ${this.slotWaitMs / 1000} s`);
-      }
-      throw err;
+      if (timedOut) throw new Error(`transactions running on the source kept the slot from being created for ${this.slotWaitMs / 1000} s`);
+      throw toSyncflowError(e);
     }
   }
 
