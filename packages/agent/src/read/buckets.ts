@@ -1,5 +1,5 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { ident, identList, invalidArgument, type Sql } from '@syncflow/shared';
+import { ident, invalidArgument, type Sql } from '@syncflow/shared';
 import { joinFragments, columnTypes, type KeySpec } from './keys.js';
 import { pinTextForms } from './text-forms.js';
 
