@@ -65,7 +65,7 @@ export const taskMessage = z.object({
   /**
    * Diff re-sync from tracked changes: the change slot of this table's last sync and the consistent
    * point of this job's snapshot. The source agent decodes the keys changed in between
-   * (read/change-log.ts) and ships only their buckets; without it (or when decoding cannot tell),
+   * (read/change-log.ts) and ships only their rows; without it (or when decoding cannot tell),
    * both sides hash every row.
    */
   changes: z.object({ slot: z.string().regex(CHANGE_SLOT), upto: z.string().regex(LSN) }).nullable().default(null),

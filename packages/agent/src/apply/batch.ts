@@ -170,7 +170,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
   // Diff re-sync: only rows of the shipped buckets (or keys) can be missing from the source.
   const keys = spec.diff?.filter.keys;
-  if (spec.diff && !keys) conds.push(inFilter(tx, spec.columns, k, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
+  if (spec.diff && !keys) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
   const from = keys ? keysFrom(tx, spec, k, keys, 't') : tx`${ident(tx, spec.schema, spec.table)} t`;
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
 import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
-import type { KeySpec } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
 
@@ -77,7 +76,7 @@ export function checkResume(committedSeq: number, stored: StoredFilter | null, f
 /** In a batch's transaction: stores the task's filter, or checks it against the stored one (a concurrent attempt). */
 export async function storeFilter(tx: Sql, jobId: string, taskId: string, f: TaskFilter): Promise<void> {
   await tx`INSERT INTO syncflow.diff_filters (job_id, task_id, fine_bits, buckets, hashed, keys, digest)
-           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.wire.keys ?? Buffer.alloc(0)}, ${f.digest}) ON CONFLICT DO NOTHING`;
+           VALUES (${jobId}, ${taskId}, ${f.wire.fine_bits}, ${f.wire.buckets}, ${f.wire.hashed_columns}, ${f.wire.keys}, ${f.digest}) ON CONFLICT DO NOTHING`;
   const [r] = await tx<{ digest: string }[]>`SELECT digest FROM syncflow.diff_filters WHERE job_id = ${jobId} AND task_id = ${taskId}`;
   if (r?.digest !== f.digest) throw mismatch('another attempt of this task stored a different bucket filter');
 }
@@ -87,9 +86,9 @@ export async function dropFilter(tx: Sql, jobId: string, taskId: string): Promis
 }
 
 /** `get_bit($bitmap, bucket(t)) = 1` for statements that take parameters; call inside withPinnedTextForms. A filter of keys is a FROM item instead (keysFrom). */
-export function inFilter(tx: Sql, columns: readonly string[], key: KeySpec, f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
+export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readonly string[], f: BucketFilter, types: ReadonlyMap<string, string>, alias = 't') {
   if (f.keys) throw new SyncflowError(ErrorKind.Internal, 'a filter of keys is not a condition (keysFrom)');
-  return inBuckets(tx, { columns, keyColumns: key.columns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
+  return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
 }
 
 /** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
@@ -97,7 +96,7 @@ export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilte
   const types = await hashedTypes(tx, u.schema, u.table, f.hashed);
   return withPinnedTextForms(tx, async () => {
     const r = await tx`
-      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, { columns: [], types: [] }, f, types)} RETURNING ROW(t.*)::text AS r)
+      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f, types)} RETURNING ROW(t.*)::text AS r)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
     return r.count;

@@ -201,17 +201,29 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
  * part). `keys`: bound arrays, or the reader's transaction-local setting (COPY takes no parameters).
  * The key columns of the list are named "syncflow.kN", which no unqualified column name can hit.
  */
-export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: readonly (string | null)[][] | 'setting', alias: string) {
-  const kcol = (i: number) => ident(sql, `syncflow.k${i}`);
-  const typed = key.types.map((t, i) => (keys === 'setting'
-    ? sql`CAST(e ->> ${sql.unsafe(String(i))} AS ${ident(sql, t.schema, t.name)}) AS ${kcol(i)}`
-    : sql`CAST(u.${ident(sql, `k${i}`)} AS ${ident(sql, t.schema, t.name)}) AS ${kcol(i)}`));
+export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: KeyList, alias: string) {
+  const kcol = (i: number) => `syncflow.k${i}`;
+  const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${ident(sql, kcol(i))}`), ' AND ');
+  return sql`${typedKeys(sql, key, keys, kcol)} AS k
+    CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
+}
+
+/** Key tuples as text forms in key column order: bound arrays, or (COPY takes no parameters) the JSON in the transaction-local setting syncflow.diff_keys. */
+export type KeyList = readonly (string | null)[][] | 'setting';
+
+/**
+ * `(SELECT DISTINCT CAST(… AS type1) AS name(0), …)`: the key tuples cast back to the key types
+ * (read in the pinned text forms they were written in), each distinct value once.
+ */
+export function typedKeys(sql: Sql, key: KeySpec, keys: KeyList, name: (i: number) => string) {
+  const typed = key.types.map((t, i) => {
+    const text = keys === 'setting' ? sql`e ->> ${sql.unsafe(String(i))}` : sql`u.${ident(sql, `k${i}`)}`;
+    return sql`CAST(${text} AS ${ident(sql, t.schema, t.name)}) AS ${ident(sql, name(i))}`;
+  });
   const list = keys === 'setting'
     ? sql`jsonb_array_elements(current_setting('syncflow.diff_keys')::jsonb) AS e`
     : sql`unnest(${joinFragments(sql, key.columns.map((_, i) => sql`${keys.map((k) => k[i] ?? null) as string[]}::text[]`))}) AS u(${joinFragments(sql, key.columns.map((_, i) => ident(sql, `k${i}`)))})`;
-  const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${kcol(i)}`), ' AND ');
-  return sql`(SELECT DISTINCT ${joinFragments(sql, typed)} FROM ${list}) AS k
-    CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
+  return sql`(SELECT DISTINCT ${joinFragments(sql, typed)} FROM ${list})`;
 }
 
 /**

@@ -1,5 +1,6 @@
 import postgres from 'postgres';
-import { toSyncflowError, invalidArgument, scrubSecrets, CHANGE_SLOT, type Logger } from '@syncflow/shared';
+import { toSyncflowError, invalidArgument, scrubSecrets, type Logger } from '@syncflow/shared';
+import { assertChangeSlots } from './change-log.js';
 
 /** A snapshot id as pg_export_snapshot() makes them: checked before it is put into SET TRANSACTION SNAPSHOT. */
 export const SNAPSHOT_ID = /^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$/i;
@@ -35,7 +36,7 @@ export class SnapshotHolder {
     if (existing) return { id: existing.id, change: existing.change };
     let note: string | undefined;
     if (changeSlot) {
-      if (!CHANGE_SLOT.test(changeSlot)) throw invalidArgument(`change slot name ${JSON.stringify(changeSlot)} is malformed (syncflow_ and 32 hex digits)`);
+      assertChangeSlots([changeSlot]);
       try {
         return await this.#exportWithSlot(jobId, url, changeSlot);
       } catch (e) {
@@ -63,7 +64,7 @@ export class SnapshotHolder {
       await sql.end({ timeout: 0 }).catch(() => undefined);
     };
     try {
-      // A replication command takes no parameters: the slot name is checked against CHANGE_SLOT (export).
+      // A replication command takes no parameters: the slot name was checked (assertChangeSlots in export).
       const [row] = await sql.unsafe<{ consistent_point: string; snapshot_name: string }[]>(
         `CREATE_REPLICATION_SLOT ${slot} LOGICAL test_decoding EXPORT_SNAPSHOT`).simple();
       clearTimeout(timer);

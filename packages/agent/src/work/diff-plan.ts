@@ -2,7 +2,7 @@ import { call, grpc, ident, injectContext, SyncflowError, ErrorKind, type Logger
 import { randomUUID } from 'node:crypto';
 import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
-  bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, unpackFilter, COARSE_SHIFT, type BucketFilter,
+  bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, typedKeys, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
 import { joinFragments, keyCompare } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
@@ -87,15 +87,12 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
   const inRange = !keys.length ? [] : await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
     const tx = txAny as unknown as Sql;
     const key = { columns: task.key_columns, types: task.key_types };
-    const u = task.key_columns.map((_, i) => ident(tx, `k${i}`));
-    const arrays = task.key_columns.map((_, i) => tx`${keys.map((v) => v[i] ?? null) as string[]}::text[]`);
-    const typed = task.key_columns.map((c, i) => tx`CAST(u.${u[i]!} AS ${ident(tx, task.key_types[i]!.schema, task.key_types[i]!.name)}) AS ${ident(tx, c)}`);
     const conds = [tx`true`];
     if (task.range?.after) conds.push(keyCompare(tx, key, 'r', '>', task.range.after));
     if (task.range?.upto) conds.push(keyCompare(tx, key, 'r', '<=', task.range.upto));
     const rows = await tx<{ k: string[] }[]>`
       SELECT DISTINCT ARRAY[${joinFragments(tx, task.key_columns.map((c) => tx`r.${ident(tx, c)}::text`))}] AS k
-      FROM (SELECT ${joinFragments(tx, typed)} FROM unnest(${joinFragments(tx, arrays)}) AS u(${joinFragments(tx, u)})) r
+      FROM ${typedKeys(tx, key, keys, (i) => task.key_columns[i]!)} r
       WHERE ${joinFragments(tx, conds, ' AND ')}`;
     return rows.map((r) => r.k);
   }));

@@ -121,7 +121,7 @@ export function planSync(input: PlanInput): Planned {
     const tracked = diffTable && input.diff !== 'hash' && key.length > 0 && input.changes && baseline?.shape === shapes[keyOf(t)]
       && (baseline.exact || input.mode === 'upsert')
       ? { slot: baseline.slot, upto: input.changes.lsn } : null;
-    if (tracked) tableNotes.push(`the target has rows: only the buckets of the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
+    if (tracked) tableNotes.push(`the target has rows: only the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
     else if (diffTable) tableNotes.push(`the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync${untrackedWhy(input, key.length > 0, baseline, shapes[keyOf(t)]!)})`);
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     const format = method === 'copy' ? copyFormatOf(t, found, input) : { format: 'text' as const, why: '' };

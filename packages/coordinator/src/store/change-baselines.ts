@@ -16,7 +16,7 @@ const keyOf = (schema: string, name: string) => `${schema}.${name}`;
 export class ChangeBaselines {
   constructor(private sql: Sql) {}
 
-  /** The baselines of these tables for the pair, by "schema.name". */
+  /** The baselines of the pair's tables, by "schema.name". */
   async forPair(from: string, to: string): Promise<Map<string, Baseline>> {
     const rows = await this.sql<{ schema_name: string; table_name: string; slot: string; shape: string; exact: boolean }[]>`
       SELECT schema_name, table_name, slot, shape, exact FROM change_baselines WHERE from_conn = ${from} AND to_conn = ${to}`;
@@ -60,7 +60,7 @@ export class ChangeBaselines {
         DELETE FROM change_baselines b USING unnest(${tables.map((t) => t.schema)}::text[], ${tables.map((t) => t.name)}::text[]) AS x(s, n)
         WHERE b.to_conn = ${to} AND b.schema_name = x.s AND b.table_name = x.n AND b.from_conn <> ${keepFrom}
         RETURNING b.from_conn, b.slot`;
-      for (const from of new Set(gone.map((g) => g.from_conn))) await retireUnused(tx, from, gone.filter((g) => g.from_conn === from).map((g) => g.slot));
+      await retireForgotten(tx, gone);
       return gone.length;
     });
   }
@@ -71,9 +71,7 @@ export class ChangeBaselines {
       const tx = txAny as unknown as Sql;
       const gone = await tx<{ from_conn: string; slot: string }[]>`
         DELETE FROM change_baselines WHERE from_conn = ${name} OR to_conn = ${name} RETURNING from_conn, slot`;
-      const sources = [...new Set(gone.map((g) => g.from_conn))];
-      for (const from of sources) await retireUnused(tx, from, gone.filter((g) => g.from_conn === from).map((g) => g.slot));
-      return sources;
+      return retireForgotten(tx, gone);
     });
   }
 
@@ -93,6 +91,13 @@ export class ChangeBaselines {
 }
 
 const NO_JOB = '00000000-0000-0000-0000-000000000000';
+
+/** Retires the slots of deleted baselines that nothing else refers to, per source; returns those sources. */
+async function retireForgotten(tx: Sql, gone: readonly { from_conn: string; slot: string }[]): Promise<string[]> {
+  const sources = [...new Set(gone.map((g) => g.from_conn))];
+  for (const from of sources) await retireUnused(tx, from, gone.filter((g) => g.from_conn === from).map((g) => g.slot));
+  return sources;
+}
 
 /** Retires those of `slots` that no baseline and no running job of the source (but `endingJob`) refers to. */
 async function retireUnused(tx: Sql, from: string, slots: readonly string[], endingJob = NO_JOB): Promise<void> {
