@@ -6,8 +6,9 @@ import { withPinnedTextForms } from './text-forms.js';
  * last sync and this job, decoded from the change slot the last sync created with its snapshot
  * (read/snapshot.ts). The slot is only peeked (never advanced), up to this job's consistent point,
  * so decoding is repeatable and every transaction the last snapshot did not hold, and this one does,
- * is in the range. The keys are candidates: the task ships their buckets' rows as they are in this
- * job's snapshot, so a key changed and changed back, or deleted, comes out right.
+ * is in the range. The keys are candidates: the task ships the rows of these keys as they are in this
+ * job's snapshot (work/diff-plan.ts changedKeys), so a key changed and changed back, or deleted,
+ * comes out right.
  *
  * test_decoding prints one line per row change: `table <schema>.<name>: INSERT|UPDATE|DELETE: ...`
  * with `column[type]:value` pairs (a changed key as `old-key: ... new-tuple: ...`), or TRUNCATE.
@@ -89,13 +90,15 @@ export class ChangeLog {
     const tables = new Map<string, Promise<TableInfo>>();
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
-      // Values print in pinned text forms, the ones the bucket query reads them back with (diff-plan.ts).
+      // Values print in pinned text forms, the ones the keys are read back in (buckets.ts typedKeys).
       await withPinnedTextForms(tx, async () => {
         const cursor = tx<{ data: string }[]>`
           SELECT data FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
           WHERE data LIKE 'table %'`.cursor(2000);
-        for await (const rows of cursor) {
+        // Past the key limit every table hashes: the rest of the changes are not read.
+        decoding: for await (const rows of cursor) {
           for (const { data } of rows) {
+            if (out.overflow) break decoding;
             out.changes++;
             const change = parseChange(data);
             for (const name of change.tables) {
@@ -111,7 +114,7 @@ export class ChangeLog {
                 if (!t.key) t.unusable = 'the table has no primary key';
                 out.tables.set(k, t);
               }
-              if (t.unusable || out.overflow) continue;
+              if (t.unusable) continue;
               if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
               for (const tuple of change.tuples) {
                 const values = t.key!.map((c) => tuple.get(c));
