@@ -80,9 +80,6 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
       } else if (spec.method === 'copy') {
         r = await upsertLogged(t, u, stage, null);
       } else {
-        // The stage's real size for the planner: a fresh temp table has no statistics, and the
-        // before-image join and the upsert are planned from a guess (milliseconds for a few thousand rows).
-        await t`ANALYZE ${st}`;
         const onConflict = rest.length === 0
           ? t`DO NOTHING`
           : t`DO UPDATE SET (${identList(t, rest)}) = ROW(${identList(t, rest, 'excluded')})
