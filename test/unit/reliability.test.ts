@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import pino from 'pino';
 import { Breaker, isConnectionLevel } from '../../packages/agent/src/breaker.js';
-import { blockedTasks, safeDeleteOrder } from '../../packages/coordinator/src/run/recovery.js';
+import { safeDeleteOrder } from '../../packages/coordinator/src/run/recovery.js';
+import { blockedTasks, readyTasks } from '../../packages/coordinator/src/run/schedule.js';
 import { SyncflowError, ErrorKind, canMoveJob, canMoveTask, isTerminalJob, isTerminalTask, jobStateToProto } from '../../packages/shared/src/index.js';
 import type { PlanRecord, TaskRow } from '../../packages/coordinator/src/store/jobs.js';
 
@@ -57,6 +58,24 @@ describe('per-table recovery', () => {
     const blocked = blockedTasks(plan, [task('customers', 'done'), task('orders', 'failed'), task('items', 'pending'), task('notes', 'pending'), task('products', 'pending')]);
     expect([...blocked.keys()].sort()).toEqual(['items', 'notes']);
     expect(blocked.get('notes')).toMatch(/public\.items is blocked/);
+  });
+
+  it('starts a table once its own FK parents are done, not once the whole level before it is', () => {
+    const leveled = { ...plan, tables: [
+      { schema: 'public', name: 'customers', level: 0, depends_on: [] },
+      { schema: 'public', name: 'events', level: 0, depends_on: [] },
+      { schema: 'public', name: 'orders', level: 1, depends_on: ['public.customers'] },
+      { schema: 'public', name: 'items', level: 2, depends_on: ['public.orders'] },
+      // loaded with its foreign key set aside: same level as its parent, does not wait for it
+      { schema: 'public', name: 'notes', level: 0, depends_on: ['public.customers'] },
+    ] } as unknown as PlanRecord;
+    const ready = (states: Record<string, TaskRow['state']>) => readyTasks(leveled, Object.entries(states).map(([t, s]) => task(t, s))).map((t) => t.id).sort();
+    expect(ready({ customers: 'pending', events: 'pending', orders: 'pending', items: 'pending', notes: 'pending' })).toEqual(['customers', 'events', 'notes']);
+    // events (same level as customers) still running: orders goes anyway; items waits for orders
+    expect(ready({ customers: 'done', events: 'running', orders: 'pending', items: 'pending', notes: 'queued' })).toEqual(['orders']);
+    expect(ready({ customers: 'done', events: 'running', orders: 'running', items: 'pending', notes: 'done' })).toEqual([]);
+    // a parent with a part not done (failed: the child is blocked instead) holds the child back
+    expect(ready({ customers: 'failed', events: 'done', orders: 'pending', items: 'pending', notes: 'done' })).toEqual([]);
   });
 
   it('applies mirror deletes only where no child is unfinished', () => {

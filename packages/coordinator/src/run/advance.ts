@@ -8,7 +8,8 @@ import { publishTask } from '../assign/publish.js';
 import type { DeadLetterStore } from '../store/dead-letters.js';
 import type { Metrics } from '../alerts/metrics.js';
 import type { Alerts } from '../alerts/webhook.js';
-import { blockedTasks, safeDeleteOrder, unfinishedTables } from './recovery.js';
+import { safeDeleteOrder, unfinishedTables } from './recovery.js';
+import { blockedTasks, readyTasks } from './schedule.js';
 import { rollbackOnFailure } from './rollback.js';
 import { reportJobEnd } from './report.js';
 import { dropRetiredSlots, recordBaselines } from './changes.js';
@@ -44,7 +45,7 @@ function largestFirst(tasks: TaskRow[], plan: JobRow['plan']): TaskRow[] {
 
 /**
  * Moves jobs forward from what the control DB says, so it is correct to call at any time and
- * again after a restart: publish the next FK level once the previous one has ended, block the
+ * again after a restart: publish a table's tasks once its FK parents are done (schedule.ts), block the
  * children of failed tables, and end the job once every task has ended: completed, or
  * completed_with_errors / failed when some tables failed for good (one table's failure does not
  * stop the others).
@@ -102,25 +103,25 @@ export class JobRunner {
       else await this.#endWithErrors(job, tasks);
       return;
     }
-    const level = Math.min(...open.map((t) => t.level));
+    const ready = readyTasks(job.plan, tasks);
     const from = await this.d.connections.get(job.from_conn);
-    for (const t of largestFirst(open.filter((x) => x.level === level && x.state === 'pending'), job.plan)) {
+    for (const t of largestFirst(ready, job.plan)) {
       await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
       await this.d.jobs.moveTask(t.id, 'queued');
     }
     this.#rebuildLoaded(job, tasks);
-    this.#prepareDiffs(job, open, level, from);
+    this.#prepareDiffs(job, open.filter((t) => t.state === 'pending' && !ready.includes(t)), from);
   }
 
   /**
-   * Diff re-sync: the tasks of later FK levels compare their buckets with the target's now, on a
-   * source agent, while this level ships (work/diff-prefetch.ts in the agent); only the shipping waits
+   * Diff re-sync: the tasks still waiting for their FK parents compare their buckets with the target's
+   * now, on a source agent, while the parents ship (work/diff-prefetch.ts in the agent); only the shipping waits
    * for the parents. Once per job and coordinator process; in the background, and only a speed-up:
    * a task whose filter was not prepared (another agent took it, the call failed) computes its own.
    */
-  #prepareDiffs(job: JobRow, open: TaskRow[], level: number, from: { agent_group: string }): void {
+  #prepareDiffs(job: JobRow, waiting: TaskRow[], from: { agent_group: string }): void {
     if (this.#diffsAsked.has(job.id)) return;
-    const later = open.filter((t) => t.level > level && t.state === 'pending' && t.message.diff).sort((x, y) => x.level - y.level);
+    const later = waiting.filter((t) => t.message.diff).sort((x, y) => x.level - y.level);
     if (!later.length) return;
     this.#diffsAsked.add(job.id);
     void this.d.agents.call<pb.PrepareDiffsReply__Output>(from.agent_group, 'PrepareDiffs', {

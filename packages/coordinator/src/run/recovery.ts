@@ -1,41 +1,10 @@
 import { isTerminalTask, scrubSecrets, type EventMessage } from '@syncflow/shared';
 import type { PlanRecord, TaskRow } from '../store/jobs.js';
 import type { RunnerDeps } from './advance.js';
+import { parentsOf } from './schedule.js';
 
 type Failed = Extract<EventMessage, { type: 'failed' }>;
 const keyOf = (schema: string, name: string) => `${schema}.${name}`;
-
-/** schema.table → the schema.table names it references (its FK parents inside the sync). */
-function parentsOf(plan: PlanRecord): Map<string, string[]> {
-  const m = new Map<string, string[]>();
-  for (const t of plan.tables as { schema: string; name: string; depends_on?: string[] }[]) m.set(keyOf(t.schema, t.name), t.depends_on ?? []);
-  return m;
-}
-
-/**
- * Tasks that cannot run because a parent table failed (or is itself blocked), with the reason;
- * transitively. Only tasks not yet started are blocked: their rows would reference parent rows
- * that never arrived.
- */
-export function blockedTasks(plan: PlanRecord, tasks: TaskRow[]): Map<string, string> {
-  const parents = parentsOf(plan);
-  const bad = new Map<string, string>(); // table → why it is bad
-  for (const t of tasks) if (t.state === 'failed' || t.state === 'blocked') bad.set(keyOf(t.schema_name, t.table_name), t.state);
-  const out = new Map<string, string>();
-  for (let changed = true; changed;) {
-    changed = false;
-    for (const t of tasks) {
-      const k = keyOf(t.schema_name, t.table_name);
-      if (t.state !== 'pending' || out.has(t.id)) continue;
-      const parent = (parents.get(k) ?? []).find((p) => bad.has(p));
-      if (!parent) continue;
-      out.set(t.id, `blocked: parent table ${parent} ${bad.get(parent) === 'failed' ? 'failed' : 'is blocked'}`);
-      bad.set(k, 'blocked');
-      changed = true;
-    }
-  }
-  return out;
-}
 
 /**
  * The mirror delete order when some tables did not finish: only tables that are done and none of
