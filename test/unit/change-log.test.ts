@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseChange, UNCHANGED_TOAST } from '../../packages/agent/src/read/change-log.js';
+import { integerKeysInRange } from '../../packages/agent/src/work/diff-plan.js';
 
 /** test_decoding lines as PostgreSQL 15 prints them (captured from a real slot). */
 describe('change log: test_decoding lines', () => {
@@ -38,5 +39,22 @@ describe('change log: test_decoding lines', () => {
   it('refuses what it does not understand instead of guessing', () => {
     expect(() => parseChange(`table public.t: MERGE: id[bigint]:1`)).toThrow(/operation/);
     expect(() => parseChange(`table public.t: INSERT: id[bigint]:'open`)).toThrow(/unterminated/);
+  });
+});
+
+describe('change log: the keys of a task (integer keys, without a round trip)', () => {
+  const int8 = { schema: 'pg_catalog', name: 'int8' };
+  const int4 = { schema: 'pg_catalog', name: 'int4' };
+  it('keeps the keys inside (after, upto], each once, in key order', () => {
+    const keys = [['10', '2'], ['3', '1'], ['10', '2'], ['10', '1'], ['-4', '9'], ['11', '0'], ['9223372036854775807', '1']];
+    expect(integerKeysInRange({ key_types: [int8, int4], range: { after: ['3', '1'], upto: ['10', '2'] } }, keys)).toEqual([['10', '1'], ['10', '2']]);
+    expect(integerKeysInRange({ key_types: [int8, int4], range: null }, keys)).toEqual(
+      [['-4', '9'], ['3', '1'], ['10', '1'], ['10', '2'], ['11', '0'], ['9223372036854775807', '1']]);
+    expect(integerKeysInRange({ key_types: [int8, int4], range: { after: ['10', '2'], upto: null } }, keys)).toEqual([['11', '0'], ['9223372036854775807', '1']]);
+  });
+  it('leaves other key types, and values that are not plain integers, to the database', () => {
+    expect(integerKeysInRange({ key_types: [{ schema: 'pg_catalog', name: 'text' }], range: null }, [['a']])).toBeUndefined();
+    expect(integerKeysInRange({ key_types: [int8], range: null }, [['1e3']])).toBeUndefined();
+    expect(integerKeysInRange({ key_types: [int8], range: null }, [[null]])).toBeUndefined();
   });
 });

@@ -168,7 +168,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   // Diff re-sync: only rows of the shipped buckets (or keys) can be missing from the source.
   const keys = spec.diff?.filter.keys;
   if (spec.diff && !keys) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
-  const from = keys ? keysFrom(tx, spec, k, keys, 't') : tx`${ident(tx, spec.schema, spec.table)} t`;
+  const from = keys ? keysFrom(tx, spec, k, keys, 't', { after: lowerKey, upto: upperKey }) : tx`${ident(tx, spec.schema, spec.table)} t`;
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]
@@ -190,6 +190,7 @@ export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | nu
     });
   }
   if (!spec.mirror || spec.method !== 'upsert') return 0;
+  if (spec.diff?.filter.keys?.length === 0) return 0; // no key of the task changed: none can be missing
   return sql.begin(async (tx) => markMissing(tx as unknown as Sql, spec, lastKey, upto, false));
 }
 

@@ -1,6 +1,6 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ident, invalidArgument, type Sql } from '@syncflow/shared';
-import { joinFragments, columnTypes, type KeySpec } from './keys.js';
+import { joinFragments, columnTypes, keyCompare, type KeySpec } from './keys.js';
 import { pinTextForms } from './text-forms.js';
 
 /**
@@ -201,12 +201,22 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
  * part). `keys`: bound arrays, or the reader's transaction-local setting (COPY takes no parameters).
  * The key columns of the list are named "syncflow.kN", which no unqualified column name can hit.
  */
-export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: KeyList, alias: string) {
+export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: KeyList, alias: string, range: KeyRange = {}) {
   const kcol = (i: number) => `syncflow.k${i}`;
   const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${ident(sql, kcol(i))}`), ' AND ');
-  return sql`${typedKeys(sql, key, keys, kcol)} AS k
+  // Only the keys inside the range are looked up (a batch's marks, not every key of the task's filter).
+  const listed = { columns: key.columns.map((_, i) => kcol(i)), types: key.types };
+  const bounds = [
+    ...range.after ? [keyCompare(sql, listed, 'k', '>', range.after)] : [],
+    ...range.upto ? [keyCompare(sql, listed, 'k', '<=', range.upto)] : [],
+  ];
+  const within = bounds.length ? sql`WHERE ${joinFragments(sql, bounds, ' AND ')}` : sql``;
+  return sql`(SELECT * FROM ${typedKeys(sql, key, keys, kcol)} AS k ${within}) AS k
     CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
 }
+
+/** A key range (after, upto] as text forms; either end open when missing. */
+export interface KeyRange { after?: readonly (string | null)[] | null; upto?: readonly (string | null)[] | null }
 
 /** Key tuples as text forms in key column order: bound arrays, or (COPY takes no parameters) the JSON in the transaction-local setting syncflow.diff_keys. */
 export type KeyList = readonly (string | null)[][] | 'setting';
