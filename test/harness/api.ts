@@ -1,5 +1,7 @@
 import { grpc, loadProtos, call, type pb } from '../../packages/shared/src/index.js';
 
+const isRunning = (j: pb.Job__Output) => ['JOB_STATE_PENDING', 'JOB_STATE_RUNNING'].includes(j.state as string);
+
 /** A SyncService client for tests: each method returns the response or rejects with the gRPC error. */
 export class Api {
   readonly client: pb.SyncServiceClient;
@@ -22,14 +24,37 @@ export class Api {
       return grpc.status[(e as grpc.ServiceError).code] ?? String((e as grpc.ServiceError).code);
     }
   }
-  async waitJob(id: string, timeoutMs = 240_000): Promise<pb.Job__Output> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const job = await this.call<pb.Job__Output>('GetJob', { id });
-      if (!['JOB_STATE_PENDING', 'JOB_STATE_RUNNING'].includes(job.state as string)) return job;
-      if (Date.now() > deadline) throw new Error(`job ${id} still ${job.state} after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
+  /** The job once it is no longer pending or running, followed through WatchJob (the coordinator pushes each change). */
+  waitJob(id: string, timeoutMs = 240_000): Promise<pb.Job__Output> {
+    return new Promise((resolve, reject) => {
+      const stream = this.client.WatchJob({ id });
+      let last: pb.Job__Output | undefined;
+      let settled = false;
+      const deadline = Date.now() + timeoutMs;
+      const settle = (f: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        stream.cancel();
+        f();
+      };
+      const timer = setTimeout(() => settle(() => reject(new Error(`job ${id} still ${last?.state ?? 'unseen'} after ${timeoutMs} ms`))), timeoutMs);
+      stream.on('data', (job: pb.Job__Output) => {
+        last = job;
+        if (!isRunning(job)) settle(() => resolve(job));
+      });
+      // The coordinator going away (a restart in a fault test) ends the stream: follow the job again until the deadline.
+      const again = () => settle(() => {
+        const left = deadline - Date.now();
+        if (left <= 0) reject(new Error(`job ${id} still ${last?.state ?? 'unseen'} after ${timeoutMs} ms`));
+        else setTimeout(() => resolve(this.waitJob(id, left)), 250);
+      });
+      stream.on('error', (e: grpc.ServiceError) => {
+        if (e.code === grpc.status.UNAVAILABLE) again();
+        else if (e.code !== grpc.status.CANCELLED) settle(() => reject(e));
+      });
+      stream.on('end', () => again());
+    });
   }
   close(): void { this.client.close(); }
 }

@@ -105,7 +105,8 @@ async function watch(call: grpc.ServerWritableStream<pb.GetJobRequest__Output, p
     if (text !== last) { call.write(view); last = text; }
     const state = jobStateFromProto(String(view.state));
     if (state && isTerminalJob(state)) break;
-    await new Promise((r) => setTimeout(r, 500));
+    // Woken by this process's own moves of the job (a task done, the job ended); polled as well.
+    await d.jobs.nextChange(id, 500);
   }
   call.end();
 }

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import {
   notFound, jobStatesBefore, taskStatesBefore, type Sql, type JobState, type TaskState, type TaskMessage,
 } from '@syncflow/shared';
@@ -42,7 +43,19 @@ const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, me
 
 /** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
 export class JobStore {
+  /** 'change' with a job id whenever this process moves the job or one of its tasks (WatchJob listens). */
+  readonly changes = new EventEmitter().setMaxListeners(0);
   constructor(readonly sql: Sql) {}
+
+  /** Resolves at this process's next change of the job, or after `ms` (another coordinator may have moved it). */
+  nextChange(jobId: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => { clearTimeout(timer); this.changes.off('change', on); resolve(); };
+      const on = (id: string) => { if (id === jobId) done(); };
+      const timer = setTimeout(done, ms);
+      this.changes.on('change', on);
+    });
+  }
 
   async create(job: Omit<JobRow, 'state' | 'error' | 'rows_deleted' | 'finalized' | 'created_at' | 'started_at' | 'finished_at'>, tasks: Omit<TaskRow, 'state' | 'rows' | 'bytes' | 'batches' | 'inserted' | 'updated' | 'marked_for_delete' | 'checkpoint' | 'attempts' | 'error' | 'started_at' | 'finished_at' | 'publishes'>[]): Promise<void> {
     await this.sql.begin(async (tx) => {
@@ -85,6 +98,7 @@ export class JobStore {
         finished_at = CASE WHEN ${to} IN ('completed', 'completed_with_errors', 'failed', 'cancelled') THEN now()
                            WHEN ${to} = 'running' THEN NULL ELSE finished_at END
       WHERE id = ${id} AND state = ANY(${from})`;
+    if (r.count > 0) this.changes.emit('change', id);
     return r.count > 0;
   }
 
@@ -100,7 +114,9 @@ export class JobStore {
         attempts = greatest(attempts, coalesce(${fields.attempts ?? null}::int, attempts)),
         started_at = CASE WHEN ${to} = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
         finished_at = CASE WHEN ${to} IN ('done', 'failed', 'cancelled', 'blocked') THEN now() ELSE finished_at END
-      WHERE id = ${id} AND state = ANY(${from})`;
+      WHERE id = ${id} AND state = ANY(${from})
+      RETURNING job_id::text`;
+    if (r[0]) this.changes.emit('change', r[0].job_id);
     return r.count > 0;
   }
 
@@ -122,7 +138,9 @@ export class JobStore {
     const r = await this.sql`
       UPDATE tasks SET state = 'done', rows = ${t.rows}, bytes = ${t.bytes}, batches = ${t.batches}, inserted = ${t.inserted},
         updated = ${t.updated}, marked_for_delete = ${t.marked_for_delete}, finished_at = now(), error = ''
-      WHERE id = ${id} AND state = ANY(${from})`;
+      WHERE id = ${id} AND state = ANY(${from})
+      RETURNING job_id::text`;
+    if (r[0]) this.changes.emit('change', r[0].job_id);
     return r.count > 0;
   }
 
