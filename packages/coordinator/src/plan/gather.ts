@@ -40,11 +40,15 @@ export interface SyncRequest {
  * Asks the source's and the target's agents for both schemas (the source inside the job
  * snapshot when there is one) and plans the sync. Nothing is written anywhere.
  */
-export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: { jobId?: string; snapshotId?: string; trace?: Record<string, string>; changes?: PlanInput['changes'] } = {}): Promise<Planned> {
+export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
+  jobId?: string; snapshotId?: string; trace?: Record<string, string>; changes?: PlanInput['changes'];
+  /** The target's schema, asked for earlier (it needs no snapshot: StartSync asks while the source exports one). */
+  target?: Promise<pb.Schema__Output>;
+} = {}): Promise<Planned> {
   const sealed = (c: ConnectionRow) => ({ name: c.name, sealed_url: c.sealed_url });
   const [source, target] = await Promise.all([
     agents.call<pb.Schema__Output>(req.from.agent_group, 'Introspect', { connection: sealed(req.from), snapshot_id: opts.snapshotId ?? '' }),
-    agents.call<pb.Schema__Output>(req.to.agent_group, 'Introspect', { connection: sealed(req.to) }),
+    opts.target ?? introspectTarget(agents, req),
   ]);
   const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), source, req.splitRows ?? DEFAULT_SPLIT_ROWS, opts.snapshotId ?? '');
   const planned = planSync({
@@ -55,6 +59,10 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
   });
   await preflight(agents, req, planned);
   return planned;
+}
+
+export function introspectTarget(agents: AgentLink, req: Pick<SyncRequest, 'to'>): Promise<pb.Schema__Output> {
+  return agents.call<pb.Schema__Output>(req.to.agent_group, 'Introspect', { connection: { name: req.to.name, sealed_url: req.to.sealed_url } });
 }
 
 /**

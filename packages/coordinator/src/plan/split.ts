@@ -28,7 +28,8 @@ export async function splitBigTables(agents: AgentLink, group: string, connectio
   const out = new Map<string, TableSplit>();
   if (splitRows < 0) return out;
   const big = source.tables.filter((t) => !t.partitioned && partsFor(t, splitRows) > 1);
-  for (const t of big) {
+  // All at once: each is one query on its own pooled connection of the source agent.
+  await Promise.all(big.map(async (t) => {
     const parts = partsFor(t, splitRows);
     const key = t.primary_key.map((k) => {
       const c = t.columns.find((x) => x.name === k)!;
@@ -41,6 +42,6 @@ export async function splitBigTables(agents: AgentLink, group: string, connectio
     const seen = new Set<string>();
     const boundaries = reply.boundaries.map((b) => b.values).filter((v) => !seen.has(JSON.stringify(v)) && seen.add(JSON.stringify(v)));
     out.set(`${t.schema}.${t.name}`, { boundaries, blocks: Number(reply.blocks), parts: key.length ? boundaries.length + 1 : parts });
-  }
+  }));
   return out;
 }

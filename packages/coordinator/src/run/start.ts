@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { withSpan, injectContext, trace, context, toSyncflowError, scrubSecrets, failedPrecondition, invalidArgument, type pb } from '@syncflow/shared';
-import { gatherAndPlan, type SyncRequest } from '../plan/gather.js';
+import { gatherAndPlan, introspectTarget, type SyncRequest } from '../plan/gather.js';
 import type { RunnerDeps, JobRunner } from './advance.js';
 import { assertNoErrors } from '../plan/checks.js';
 import { changeSlotOf, dropRetiredSlots } from './changes.js';
@@ -41,6 +41,8 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     const baselines = await d.baselines.forPair(req.from.name, req.to.name);
     // The agent starts decoding the earlier syncs' slots as soon as it has made this job's, while we plan.
     const decodeSlots = askedSlot && req.diff !== 'hash' ? [...new Set([...baselines.values()].map((b) => b.slot))] : [];
+    const target = introspectTarget(d.agents, req);
+    target.catch(() => undefined); // awaited by the planning below; a failure there, not unhandled here
     const snap = await d.agents.call<pb.SnapshotReply__Output>(req.from.agent_group, 'ExportSnapshot', {
       job_id: jobId, connection: { name: req.from.name, sealed_url: req.from.sealed_url }, change_slot: askedSlot, decode_slots: decodeSlots,
     });
@@ -50,7 +52,7 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
     let planned;
     try {
       const changes = snap.change_lsn ? { lsn: snap.change_lsn, baselines } : undefined;
-      planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier, changes });
+      planned = await gatherAndPlan(d.agents, req, { jobId, snapshotId, trace: carrier, changes, target });
       assertNoErrors(planned.plan.checks ?? []);
       // --create-missing: tables created now (one transaction), their indexes and FKs after the data.
       planned.record.postDdl = await createMissingTables(d, req, planned.record.createTables ?? []);
