@@ -24,7 +24,11 @@ const TTL_MS = 30 * 60_000;
 export type TableChanges = { keys: (string | null)[][] } | { unusable: string };
 
 interface TableLog { key: string[] | null; keys: Set<string>; unusable?: string }
-interface Decoded { tables: Map<string, TableLog>; overflow: boolean; changes: number }
+interface Decoded {
+  tables: Map<string, TableLog>; overflow: boolean; changes: number;
+  /** ms from the start until the transaction began (a pooled connection), and until the slot's first changes arrived. */
+  began: number; firstRows: number;
+}
 
 const tableKey = (schema: string, table: string) => JSON.stringify([schema, table]);
 
@@ -75,7 +79,7 @@ export class ChangeLog {
     for (let attempt = 0; ; attempt++) {
       try {
         const d = await this.#peek(sql, slot, upto);
-        this.log.info({ slot, upto, changes: d.changes, tables: d.tables.size, overflow: d.overflow, ms: Date.now() - t0 }, 'change slot decoded');
+        this.log.info({ slot, upto, changes: d.changes, tables: d.tables.size, overflow: d.overflow, ms: Date.now() - t0, began_ms: d.began - t0, first_rows_ms: d.firstRows - t0 }, 'change slot decoded');
         return d;
       } catch (e) {
         if ((e as { code?: string }).code !== '55006' || attempt >= 60) throw e;
@@ -85,10 +89,11 @@ export class ChangeLog {
   }
 
   async #peek(sqlPool: Sql, slot: string, upto: string): Promise<Decoded> {
-    const out: Decoded = { tables: new Map(), overflow: false, changes: 0 };
+    const out: Decoded = { tables: new Map(), overflow: false, changes: 0, began: 0, firstRows: 0 };
     let kept = 0;
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
+      out.began = Date.now();
       // Every table's key in one catalog query, before the cursor: a lookup per table named in the
       // changes took another pooled connection each, which the planning's catalog queries (the
       // coordinator plans while this decodes) held.
@@ -100,6 +105,7 @@ export class ChangeLog {
           WHERE data LIKE 'table %'`.cursor(2000);
         // Past the key limit every table hashes: the rest of the changes are not read.
         decoding: for await (const rows of cursor) {
+          out.firstRows ||= Date.now();
           for (const { data } of rows) {
             if (out.overflow) break decoding;
             out.changes++;
