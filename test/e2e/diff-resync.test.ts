@@ -229,6 +229,39 @@ describe('diff re-sync', () => {
     expect(await slots()).toContain(slotOf(job.id));
   });
 
+  it('past SYNCFLOW_CHANGE_MAX_KEYS every table hashes, and a key printed after a long column cannot be decoded: each says why, the target ends equal', async () => {
+    const WIDE = `CREATE TABLE wide_last (payload text NOT NULL, id bigint PRIMARY KEY);
+                  CREATE TABLE wide_first (id bigint PRIMARY KEY, payload text NOT NULL);`;
+    await a.exec('shop', `${WIDE} INSERT INTO wide_last VALUES ('first', 0); INSERT INTO wide_first VALUES (0, 'first');`);
+    await b.exec('shop', WIDE);
+    await sync('SYNC_MODE_MIRROR', { tables: ['wide_last', 'wide_first'] });
+    // 20 000 characters of payload (more than MAX_LINE) printed before wide_last's key, after wide_first's.
+    const big = `(SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, 625) x)`;
+    await a.exec('shop', `INSERT INTO wide_last SELECT ${big}, g FROM generate_series(1, 3) g;
+                          INSERT INTO wide_first SELECT g, ${big} FROM generate_series(1, 3) g;`);
+    const cut = await sync('SYNC_MODE_MIRROR', { tables: ['wide_last', 'wide_first'] });
+    expect(cut.diffLines.find((l) => l.startsWith('public.wide_last:'))).toMatch(/tracked changes not usable: a INSERT since the last sync prints its primary key after 16384 characters of other columns/);
+    expect(cut.diffLines.find((l) => l.startsWith('public.wide_first:'))).toContain('diff from tracked changes: 3 key(s)');
+    expect(await same()).toEqual([]);
+
+    // A source agent that keeps at most 50 changed keys; 60 rows of customers change. orders shares
+    // customers' change slot (both last synced by the truncate test's job), so it hashes too.
+    const sources = [...stack.agents.values()].filter((p) => p.running && p.name.startsWith('agent-a-'));
+    const limited = await stack.startAgent('a', undefined, { SYNCFLOW_CHANGE_MAX_KEYS: '50' });
+    for (const p of sources) await p.stop();
+    try {
+      await a.exec('shop', `UPDATE customers SET score = score + 3 WHERE id % 1000 = 9`);
+      const { diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['customers', 'orders'] });
+      for (const t of ['customers', 'orders']) {
+        expect(diffLines.find((l) => l.startsWith(`public.${t}:`))).toMatch(/coarse buckets differ.*\(tracked changes not usable: more than 50 changed rows since the last sync\)/);
+      }
+      expect(await same()).toEqual([]);
+    } finally {
+      await stack.startAgent('a');
+      await limited.stop();
+    }
+  }, 240_000);
+
   for (const group of ['b', 'a'] as const) {
     it(`kill -9 of the ${group === 'b' ? 'target' : 'source'} agent during a diff re-sync: the job completes and the target equals the source`, async () => {
       await changeOnePercent(group === 'b' ? 2 : 4);

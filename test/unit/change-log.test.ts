@@ -58,3 +58,25 @@ describe('change log: the keys of a task (integer keys, without a round trip)', 
     expect(integerKeysInRange({ key_types: [int8], range: null }, [[null]])).toBeUndefined();
   });
 });
+
+describe('change log: lines cut at MAX_LINE', () => {
+  const line = `table public.media: INSERT: id[bigint]:42 kind[text]:'image' data[bytea]:'\\x${'ab'.repeat(40)}' size[integer]:80`;
+  it('keeps the columns printed whole before the cut and drops the value the cut may have shortened', () => {
+    const cutInBytes = parseChange(line.slice(0, 70), true);
+    expect(Object.fromEntries(cutInBytes.tuples[0]!)).toEqual({ id: '42', kind: 'image' });
+    // a bare value that reaches the cut may go on beyond it: left out
+    const cutInNumber = parseChange(line.slice(0, line.length - 1), true);
+    expect(cutInNumber.tuples[0]!.has('size')).toBe(false);
+    expect(cutInNumber.tuples[0]!.get('id')).toBe('42');
+    // a key printed after the cut is missing, not guessed
+    expect(parseChange(`table public.t: UPDATE: payload[text]:'${'x'.repeat(50)}' id[bigint]:7`.slice(0, 40), true).tuples[0]!.has('id')).toBe(false);
+  });
+  it('an UPDATE that changed its key keeps the old key even when the new tuple is cut', () => {
+    const full = `table public.t: UPDATE: old-key: id[bigint]:1 new-tuple: id[bigint]:2 payload[text]:'${'y'.repeat(60)}'`;
+    const c = parseChange(full.slice(0, full.indexOf('payload') + 20), true);
+    expect(c.tuples.map((t) => t.get('id'))).toEqual(['1', '2']);
+    const early = parseChange(full.slice(0, full.indexOf('new-tuple') + 4), true);
+    expect(early.tuples[0]!.get('id')).toBe('1');
+    expect(early.tuples[1]!.has('id')).toBe(false);
+  });
+});

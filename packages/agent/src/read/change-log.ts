@@ -17,6 +17,9 @@ import { withPinnedTextForms } from './text-forms.js';
  * task hashes every row instead.
  */
 
+/** Characters of each change line read (its key columns come first in most tables); the rest is left in the database. */
+export const MAX_LINE = 16_384;
+
 /** Decodes held (a job's tasks share one; a job after it decodes again). */
 const MAX_DECODES = 4;
 const TTL_MS = 30 * 60_000;
@@ -100,16 +103,19 @@ export class ChangeLog {
       const tables = await tablesInfo(tx);
       // Values print in pinned text forms, the ones the keys are read back in (buckets.ts typedKeys).
       await withPinnedTextForms(tx, async () => {
-        const cursor = tx<{ data: string }[]>`
-          SELECT data FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
+        // Each line cut at MAX_LINE characters: only the key is read, and a change of huge rows
+        // (4 MB values print as 8 MB of hex) would otherwise hold 2 000 of them in memory at once.
+        const cursor = tx<{ data: string; cut: boolean }[]>`
+          SELECT left(data, ${MAX_LINE}) AS data, length(data) > ${MAX_LINE} AS cut
+          FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
           WHERE data LIKE 'table %'`.cursor(2000);
         // Past the key limit every table hashes: the rest of the changes are not read.
         decoding: for await (const rows of cursor) {
           out.firstRows ||= Date.now();
-          for (const { data } of rows) {
+          for (const { data, cut } of rows) {
             if (out.overflow) break decoding;
             out.changes++;
-            const change = parseChange(data);
+            const change = parseChange(data, cut);
             for (const name of change.tables) {
               // A partition's changes count for the partitioned table the tasks sync.
               // A table made after the catalog query (dropped since: no key) is looked up on its own,
@@ -129,7 +135,9 @@ export class ChangeLog {
               for (const tuple of change.tuples) {
                 const values = t.key!.map((c) => tuple.get(c));
                 if (values.some((v) => v === undefined || v === UNCHANGED_TOAST)) {
-                  t.unusable = `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
+                  t.unusable = cut && values.includes(undefined)
+                    ? `a ${change.op} since the last sync prints its primary key after ${MAX_LINE} characters of other columns`
+                    : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
                   t.keys.clear();
                   break;
                 }
@@ -197,8 +205,12 @@ export interface ParsedChange {
 
 const malformed = (line: string, why: string) => new Error(`unexpected test_decoding output (${why}) near ${JSON.stringify(line.slice(0, 40))}`);
 
-/** Parses one test_decoding line that starts with `table `. Row values come back as their text forms (type output functions). */
-export function parseChange(line: string): ParsedChange {
+/**
+ * Parses one test_decoding line that starts with `table `. Row values come back as their text forms
+ * (type output functions). `cut`: the line was cut short (MAX_LINE); its tuple holds the columns
+ * printed whole before the cut, and the value the cut may have shortened is left out.
+ */
+export function parseChange(line: string, cut = false): ParsedChange {
   const p = { s: line, i: 'table '.length };
   const tables: { schema: string; table: string }[] = [];
   for (;;) {
@@ -221,11 +233,14 @@ export function parseChange(line: string): ParsedChange {
     if (p.s.startsWith('(no-tuple-data)', p.i)) return { tables, op, tuples };
     if (p.s.startsWith('old-key: ', p.i)) {
       p.i += 'old-key: '.length;
-      tuples.push(tuple(p, 'new-tuple: '));
-      if (!p.s.startsWith('new-tuple: ', p.i)) throw malformed(line, 'new tuple');
+      tuples.push(tuple(p, 'new-tuple: ', cut));
+      if (!p.s.startsWith('new-tuple: ', p.i)) {
+        if (cut) return { tables, op, tuples: [...tuples, new Map()] };
+        throw malformed(line, 'new tuple');
+      }
       p.i += 'new-tuple: '.length;
     }
-    tuples.push(tuple(p, null));
+    tuples.push(tuple(p, null, cut));
   }
   return { tables, op, tuples };
 }
@@ -252,16 +267,28 @@ function identifier(p: Cursor): string {
   throw malformed(p.s, 'unterminated quoted identifier');
 }
 
-/** `name[type]:value` pairs separated by single spaces, up to the end or `stop`. */
-function tuple(p: Cursor, stop: string | null): Map<string, Value> {
+/**
+ * `name[type]:value` pairs separated by single spaces, up to the end or `stop`. In a line cut short
+ * (`cut`), parsing ends at the cut: a pair cut in two is dropped, and so is a value that reaches the
+ * cut (it may go on beyond it).
+ */
+function tuple(p: Cursor, stop: string | null, cut = false): Map<string, Value> {
   const row = new Map<string, Value>();
   while (p.i < p.s.length && !(stop && p.s.startsWith(stop, p.i))) {
-    const name = identifier(p);
-    if (p.s[p.i] !== '[') throw malformed(p.s, 'column type');
-    const close = p.s.indexOf(']:', p.i);
-    if (close < 0) throw malformed(p.s, 'column type');
-    p.i = close + 2;
-    row.set(name, value(p));
+    try {
+      const name = identifier(p);
+      if (p.s[p.i] !== '[') throw malformed(p.s, 'column type');
+      const close = p.s.indexOf(']:', p.i);
+      if (close < 0) throw malformed(p.s, 'column type');
+      p.i = close + 2;
+      const v = value(p);
+      if (cut && p.i >= p.s.length) break;
+      row.set(name, v);
+    } catch (e) {
+      if (!cut) throw e;
+      p.i = p.s.length; // the rest is the cut pair
+      break;
+    }
     if (p.s[p.i] === ' ') p.i++;
   }
   return row;
