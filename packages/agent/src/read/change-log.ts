@@ -63,6 +63,25 @@ export class ChangeLog {
     return { keys: [...t.keys].map((k) => JSON.parse(k) as (string | null)[]) };
   }
 
+  /**
+   * Settles once the decodes running now have ended, or after `maxMs`. A table that hashes both sides
+   * waits for it before it starts: every tracked table of the job waits for the decode, and a hash
+   * scan beside it (the agent's one thread summing digests, the source database scanning) slowed the
+   * decode by half in the bench; a keyless table rarely holds up the job's end.
+   */
+  async idle(maxMs = 3_000): Promise<void> {
+    const running = [...this.#running];
+    if (!running.length) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled(running),
+      new Promise((r) => { timer = setTimeout(r, maxMs); }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  readonly #running = new Set<Promise<Decoded>>();
+
   #decode(sql: Sql, slot: string, upto: string): Promise<Decoded> {
     const id = `${slot}@${upto}`;
     const now = Date.now();
@@ -72,7 +91,8 @@ export class ChangeLog {
     while (this.#decodes.size >= MAX_DECODES) this.#decodes.delete(this.#decodes.keys().next().value!);
     const decoded = this.#run(sql, slot, upto);
     this.#decodes.set(id, { at: now, decoded });
-    decoded.catch(() => this.#decodes.delete(id));
+    this.#running.add(decoded);
+    decoded.catch(() => this.#decodes.delete(id)).finally(() => this.#running.delete(decoded));
     return decoded;
   }
 

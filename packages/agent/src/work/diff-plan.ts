@@ -68,7 +68,10 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
  */
 export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, changes?: ChangeLog): Promise<DiffDecision> {
   if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
-  if (!task.changes || !changes || !task.key_columns.length) return hashDiff(task, sql, target, log);
+  if (!task.changes || !changes || !task.key_columns.length) {
+    await changes?.idle(); // the decode first: the tracked tables wait for it (ChangeLog.idle)
+    return hashDiff(task, sql, target, log);
+  }
   const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
   if ('keys' in found) return changedKeys(task, sql, found.keys, log);
   log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
