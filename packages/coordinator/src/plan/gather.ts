@@ -61,6 +61,7 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
   return planned;
 }
 
+/** The target's schema (outside any snapshot). */
 export function introspectTarget(agents: AgentLink, req: Pick<SyncRequest, 'to'>): Promise<pb.Schema__Output> {
   return agents.call<pb.Schema__Output>(req.to.agent_group, 'Introspect', { connection: { name: req.to.name, sealed_url: req.to.sealed_url } });
 }
