@@ -3,7 +3,7 @@ import pino from 'pino';
 import { Breaker, isConnectionLevel } from '../../packages/agent/src/breaker.js';
 import { safeDeleteOrder } from '../../packages/coordinator/src/run/recovery.js';
 import { blockedTasks, readyTasks } from '../../packages/coordinator/src/run/schedule.js';
-import { SyncflowError, ErrorKind, canMoveJob, canMoveTask, isTerminalJob, isTerminalTask, jobStateToProto } from '../../packages/shared/src/index.js';
+import { SyncflowError, ErrorKind, toGrpcError, toSyncflowError, canMoveJob, canMoveTask, isTerminalJob, isTerminalTask, jobStateToProto } from '../../packages/shared/src/index.js';
 import type { PlanRecord, TaskRow } from '../../packages/coordinator/src/store/jobs.js';
 
 const log = pino({ level: 'silent' });
@@ -23,6 +23,22 @@ describe('circuit breaker', () => {
     await Promise.all([b.guard(async () => { probes++; }), b.guard(async () => { probes++; })]);
     expect(probes).toBe(1);
     expect(b.state).toBe('closed');
+  });
+
+  it('its refusal says when to come back, and that survives the trip between agents (gRPC trailers)', async () => {
+    const b = new Breaker({ threshold: 1, cooldownMs: 5_000 }, log, 'db');
+    b.failure(down());
+    const refusal = await b.guard(async () => undefined).catch((e: SyncflowError) => e);
+    expect(refusal).toMatchObject({ code: 'circuit_open', retryable: true });
+    const after = (refusal as SyncflowError).retryAfterMs!;
+    expect(after).toBeGreaterThan(4_000);
+    expect(after).toBeLessThanOrEqual(5_000);
+    // (the breaker's SyncflowError class is the built package's; the wire helpers here are the sources')
+    const r = refusal as SyncflowError;
+    const wire = toGrpcError(new SyncflowError(ErrorKind.Unavailable, r.message, { code: r.code, retryable: r.retryable, retryAfterMs: after }));
+    const back = toSyncflowError({ ...wire, message: String(wire.details) }, 'target agent');
+    expect(back).toMatchObject({ code: 'circuit_open', retryable: true, retryAfterMs: Math.round(after) });
+    expect(back.message).toMatch(/^target agent: database db is unreachable/);
   });
 
   it('a failed probe opens it again for longer; data errors never count', async () => {

@@ -73,7 +73,7 @@ export class Breaker {
 
   #refusal(): SyncflowError {
     const wait = Math.max(0, this.#openUntil - Date.now());
-    return new SyncflowError(ErrorKind.Unavailable, `database ${this.db} is unreachable (circuit breaker open; next probe in ${wait} ms)`, { code: 'circuit_open', retryable: true });
+    return new SyncflowError(ErrorKind.Unavailable, `database ${this.db} is unreachable (circuit breaker open; next probe in ${wait} ms)`, { code: 'circuit_open', retryable: true, retryAfterMs: wait });
   }
 }
 

@@ -23,15 +23,18 @@ export class SyncflowError extends Error {
   /** SQLSTATE for database errors, else a short stable code. */
   readonly code: string;
   readonly retryable: boolean;
+  /** Retrying before this many ms is refused anyway (an open circuit breaker's time to its next probe). */
+  readonly retryAfterMs?: number;
   override readonly cause?: unknown;
 
-  constructor(kind: ErrorKind, message: string, opts: { code?: string; retryable?: boolean; cause?: unknown } = {}) {
+  constructor(kind: ErrorKind, message: string, opts: { code?: string; retryable?: boolean; cause?: unknown; retryAfterMs?: number } = {}) {
     super(message);
     this.name = 'SyncflowError';
     this.kind = kind;
     this.code = opts.code ?? kind;
     this.retryable = opts.retryable ?? (kind === ErrorKind.Unavailable);
     this.cause = opts.cause;
+    if (opts.retryAfterMs !== undefined) this.retryAfterMs = opts.retryAfterMs;
   }
 }
 
@@ -97,8 +100,10 @@ export function toSyncflowError(e: unknown, context?: string): SyncflowError {
     const kind = GRPC_TO_KIND[e.code] ?? ErrorKind.Internal;
     const code = e.metadata?.get('sf-code')?.[0]?.toString() ?? kind;
     const retry = e.metadata?.get('sf-retryable')?.[0]?.toString();
+    const after = Number(e.metadata?.get('sf-retry-after-ms')?.[0]?.toString() ?? NaN);
     return new SyncflowError(kind, prefix + (e.details || e.message), {
       code, cause: e, retryable: retry !== undefined ? retry === 'true' : kind === ErrorKind.Unavailable,
+      ...Number.isFinite(after) && after >= 0 ? { retryAfterMs: after } : {},
     });
   }
   const anyE = e as { code?: unknown; message?: unknown; name?: string; severity?: unknown };
@@ -125,5 +130,6 @@ export function toGrpcError(e: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
   metadata.set('sf-code', err.code);
   metadata.set('sf-retryable', String(err.retryable));
+  if (err.retryAfterMs !== undefined) metadata.set('sf-retry-after-ms', String(Math.round(err.retryAfterMs)));
   return { code: KIND_TO_GRPC[err.kind], details: err.message, metadata };
 }

@@ -97,7 +97,9 @@ export class TaskConsumer {
         type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
         error: { kind: err.kind, code: err.code, message: err.message, retryable: err.retryable }, final: !retry, delivery,
       }, `${task.task_id}:failed:${m.seq}:${delivery}`).catch(() => undefined);
-      if (retry) m.nak(backoffMs(delivery, { attempts: this.opts.maxDeliver, baseMs: 500, maxMs: 30_000 }));
+      // An open circuit breaker refuses every attempt until its next probe: the next delivery waits for
+      // it, or a short job budget (3 attempts in ~1.5 s) is spent inside one cooldown (2 s and more).
+      if (retry) m.nak(Math.max(backoffMs(delivery, { attempts: this.opts.maxDeliver, baseMs: 500, maxMs: 30_000 }), Math.min(err.retryAfterMs ?? 0, 60_000) + 100));
       else m.term();
     } finally {
       clearInterval(keepAlive);
