@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestStack, databaseHashes, diffHashes, sequenceValues, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import type { pb } from '../../packages/shared/src/index.js';
+import { purgeUndo } from '../../packages/agent/src/apply/undo.js';
 
 /**
  * Undo log and rollback: a job that fails half-way is undone automatically (on_failure: rollback),
@@ -170,5 +171,32 @@ describe('rollback', () => {
     expect(forced.code, forced.stderr).toBe(0);
     const after = await snapshotOf('app');
     expect(diffHashes(before.tables, after.tables)).toEqual([]);
+  });
+
+  it('the retention purge drops a job\'s undo records whole once it has written nothing for that long; its rollback is then refused', async () => {
+    await a.exec('app', `UPDATE parent SET amount = amount + 1 WHERE id % 10 = 1`);
+    const old = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst', mode: 'SYNC_MODE_UPSERT' });
+    expect((await api.waitJob(old.id)).state).toBe('JOB_STATE_COMPLETED');
+    await a.exec('app', `UPDATE parent SET amount = amount + 1 WHERE id % 10 = 2`);
+    const recent = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst', mode: 'SYNC_MODE_UPSERT' });
+    expect((await api.waitJob(recent.id)).state).toBe('JOB_STATE_COMPLETED');
+    const sql = b.sql('app');
+    // `old` wrote its last batch 8 days ago; `recent` registered its tables 8 days ago but wrote a batch since.
+    await sql`UPDATE syncflow.undo_tables SET at = at - interval '8 days' WHERE job_id IN (${old.id}, ${recent.id})`;
+    await sql`UPDATE syncflow.undo_sequences SET at = at - interval '8 days' WHERE job_id = ${old.id}`;
+    await sql`UPDATE syncflow.ledger SET applied_at = applied_at - interval '8 days' WHERE job_id = ${old.id}`;
+    const records = async (job: string) => (await sql<{ log: number; other: number }[]>`
+      SELECT (SELECT count(*) FROM syncflow.undo_log WHERE job_id = ${job})::int AS log,
+             ((SELECT count(*) FROM syncflow.undo_tables WHERE job_id = ${job}) + (SELECT count(*) FROM syncflow.undo_loads WHERE job_id = ${job})
+              + (SELECT count(*) FROM syncflow.undo_sequences WHERE job_id = ${job}))::int AS other`)[0]!;
+    const oldBefore = await records(old.id);
+    const recentBefore = await records(recent.id);
+    expect(oldBefore.log).toBeGreaterThan(0);
+    expect(await purgeUndo(sql, 168)).toBe(oldBefore.log);
+    expect(await records(old.id)).toEqual({ log: 0, other: 0 });
+    expect(await records(recent.id)).toEqual(recentBefore);
+    const r = await stack.cli(['job', 'rollback', old.id]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^syncflow: FAILED_PRECONDITION: .*the undo log of job .* is gone \(purged after the retention/);
   });
 });

@@ -162,20 +162,24 @@ export async function deleteAllLogged(tx: Sql, u: UndoTarget): Promise<number> {
 }
 
 /**
- * Drops the undo logs of jobs that last wrote longer ago than the retention, whole (a job's log in
- * part could not roll it back), and other rows older than it; rollback of such a job is then refused.
+ * Drops the undo records of jobs that last wrote longer ago than the retention — log, tables, loads
+ * and sequences together, in one statement (a job's records in part could not roll it back, and a log
+ * without its tables would never be found by a later purge); rollback of such a job is then refused.
  */
 export async function purgeUndo(sql: Sql, retentionHours: number): Promise<number> {
   const cut = sql`now() - make_interval(hours => ${retentionHours}::int)`;
-  const r = await sql`
-    DELETE FROM syncflow.undo_log u
-    USING (SELECT job_id FROM syncflow.undo_tables t GROUP BY job_id HAVING max(at) < ${cut}
-             AND NOT EXISTS (SELECT 1 FROM syncflow.ledger l WHERE l.job_id = t.job_id AND l.applied_at >= ${cut})) old
-    WHERE u.job_id = old.job_id`;
-  await sql`DELETE FROM syncflow.undo_loads WHERE at < ${cut}`;
-  await sql`DELETE FROM syncflow.undo_tables WHERE at < ${cut}`;
-  await sql`DELETE FROM syncflow.undo_sequences WHERE at < ${cut}`;
+  const [r] = await sql<{ n: string }[]>`
+    WITH old AS (
+      SELECT job_id FROM (SELECT job_id, at FROM syncflow.undo_tables UNION ALL SELECT job_id, at FROM syncflow.undo_loads
+                          UNION ALL SELECT job_id, at FROM syncflow.undo_sequences) w
+      GROUP BY job_id HAVING max(at) < ${cut}
+        AND NOT EXISTS (SELECT 1 FROM syncflow.ledger l WHERE l.job_id = w.job_id AND l.applied_at >= ${cut})),
+    tables AS (DELETE FROM syncflow.undo_tables x USING old WHERE x.job_id = old.job_id),
+    loads AS (DELETE FROM syncflow.undo_loads x USING old WHERE x.job_id = old.job_id),
+    sequences AS (DELETE FROM syncflow.undo_sequences x USING old WHERE x.job_id = old.job_id),
+    log AS (DELETE FROM syncflow.undo_log x USING old WHERE x.job_id = old.job_id RETURNING 1)
+    SELECT count(*)::text AS n FROM log`;
   // Diff re-sync bucket filters matter only while their job runs.
   await sql`DELETE FROM syncflow.diff_filters WHERE at < ${cut}`;
-  return r.count;
+  return Number(r!.n);
 }
