@@ -205,13 +205,7 @@ export function keysFrom(sql: Sql, table: { schema: string; table: string }, key
   const kcol = (i: number) => `syncflow.k${i}`;
   const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${ident(sql, kcol(i))}`), ' AND ');
   // Only the keys inside the range are looked up (a batch's marks, not every key of the task's filter).
-  const listed = { columns: key.columns.map((_, i) => kcol(i)), types: key.types };
-  const bounds = [
-    ...range.after ? [keyCompare(sql, listed, 'k', '>', range.after)] : [],
-    ...range.upto ? [keyCompare(sql, listed, 'k', '<=', range.upto)] : [],
-  ];
-  const within = bounds.length ? sql`WHERE ${joinFragments(sql, bounds, ' AND ')}` : sql``;
-  return sql`(SELECT * FROM ${typedKeys(sql, key, keys, kcol)} AS k ${within}) AS k
+  return sql`${typedKeys(sql, key, keys, kcol, range)} AS k
     CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
 }
 
@@ -223,9 +217,10 @@ export type KeyList = readonly (string | null)[][] | 'setting';
 
 /**
  * `(SELECT DISTINCT CAST(… AS type1) AS name(0), …)`: the key tuples cast back to the key types
- * (read in the pinned text forms they were written in), each distinct value once.
+ * (read in the pinned text forms they were written in), each distinct value once; with `range`, only
+ * those inside (after, upto], compared as the key types.
  */
-export function typedKeys(sql: Sql, key: KeySpec, keys: KeyList, name: (i: number) => string) {
+export function typedKeys(sql: Sql, key: KeySpec, keys: KeyList, name: (i: number) => string, range: KeyRange = {}) {
   const typed = key.types.map((t, i) => {
     const text = keys === 'setting' ? sql`e ->> ${sql.unsafe(String(i))}` : sql`u.${ident(sql, `k${i}`)}`;
     return sql`CAST(${text} AS ${ident(sql, t.schema, t.name)}) AS ${ident(sql, name(i))}`;
@@ -233,7 +228,13 @@ export function typedKeys(sql: Sql, key: KeySpec, keys: KeyList, name: (i: numbe
   const list = keys === 'setting'
     ? sql`jsonb_array_elements(current_setting('syncflow.diff_keys')::jsonb) AS e`
     : sql`unnest(${joinFragments(sql, key.columns.map((_, i) => sql`${keys.map((k) => k[i] ?? null) as string[]}::text[]`))}) AS u(${joinFragments(sql, key.columns.map((_, i) => ident(sql, `k${i}`)))})`;
-  return sql`(SELECT DISTINCT ${joinFragments(sql, typed)} FROM ${list})`;
+  const named = { columns: key.columns.map((_, i) => name(i)), types: key.types };
+  const bounds = [
+    ...range.after ? [keyCompare(sql, named, 'd', '>', range.after)] : [],
+    ...range.upto ? [keyCompare(sql, named, 'd', '<=', range.upto)] : [],
+  ];
+  const distinct = sql`(SELECT DISTINCT ${joinFragments(sql, typed)} FROM ${list})`;
+  return bounds.length ? sql`(SELECT * FROM ${distinct} AS d WHERE ${joinFragments(sql, bounds, ' AND ')})` : distinct;
 }
 
 /**

@@ -4,7 +4,7 @@ import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, typedKeys, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
-import { joinFragments, keyCompare } from '../read/keys.js';
+import { joinFragments } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { ChangeLog } from '../read/change-log.js';
 
@@ -90,13 +90,9 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
   const inRange = !keys.length ? [] : integerKeysInRange(task, keys) ?? await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
     const tx = txAny as unknown as Sql;
     const key = { columns: task.key_columns, types: task.key_types };
-    const conds = [tx`true`];
-    if (task.range?.after) conds.push(keyCompare(tx, key, 'r', '>', task.range.after));
-    if (task.range?.upto) conds.push(keyCompare(tx, key, 'r', '<=', task.range.upto));
     const rows = await tx<{ k: string[] }[]>`
       SELECT DISTINCT ARRAY[${joinFragments(tx, task.key_columns.map((c) => tx`r.${ident(tx, c)}::text`))}] AS k
-      FROM ${typedKeys(tx, key, keys, (i) => task.key_columns[i]!)} r
-      WHERE ${joinFragments(tx, conds, ' AND ')}`;
+      FROM ${typedKeys(tx, key, keys, (i) => task.key_columns[i]!, { after: task.range?.after, upto: task.range?.upto })} r`;
     return rows.map((r) => r.k);
   }));
   log.info({ changed_keys: keys.length, in_range: inRange.length, ms: Date.now() - t0 }, 'diff: keys of the tracked changes');
