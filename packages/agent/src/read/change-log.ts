@@ -117,9 +117,7 @@ export class ChangeLog {
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       out.began = Date.now();
-      // Every table's key in one catalog query, before the cursor: a lookup per table named in the
-      // changes took another pooled connection each, which the planning's catalog queries (the
-      // coordinator plans while this decodes) held.
+      // Every table's key in one catalog query, before the cursor (this connection is then busy with it).
       const tables = await tablesInfo(tx);
       // Values print in pinned text forms, the ones the keys are read back in (buckets.ts typedKeys).
       await withPinnedTextForms(tx, async () => {
@@ -137,12 +135,9 @@ export class ChangeLog {
             out.changes++;
             const change = parseChange(data, cut);
             for (const name of change.tables) {
-              // A partition's changes count for the partitioned table the tasks sync.
-              // A table made after the catalog query (dropped since: no key) is looked up on its own,
-              // on another pooled connection: this one is busy with the cursor.
-              let info = tables.get(tableKey(name.schema, name.table));
-              if (!info) tables.set(tableKey(name.schema, name.table), info = await tableInfo(sqlPool, name.schema, name.table));
-              const { root, key } = info;
+              // A partition's changes count for the partitioned table the tasks sync. A table missing from
+              // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
+              const { root, key } = tables.get(tableKey(name.schema, name.table)) ?? { root: name, key: null };
               const k = tableKey(root.schema, root.table);
               let t = out.tables.get(k);
               if (!t) {
@@ -178,41 +173,23 @@ export class ChangeLog {
 interface TableInfo { root: { schema: string; table: string }; key: string[] | null }
 
 /**
- * A table named in the changes, looked up in the catalog as it is now: the table a task syncs (the
- * root of its partition tree, for a partition) and its primary key columns in key order, or null.
+ * Every table and partition of the database as the catalog has it now, by tableKey: the table a task
+ * syncs (the root of its partition tree, for a partition) and its primary key columns in key order, or null.
  */
-async function tableInfo(sql: Sql, schema: string, table: string): Promise<TableInfo> {
-  const [r] = await sql<InfoRow[]>`
-    WITH t AS (SELECT to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AS oid)
-    SELECT ${schema}::text AS schema, ${table}::text AS table, ${infoColumns(sql)}
-    FROM t LEFT JOIN pg_class c ON c.oid = coalesce(pg_partition_root(t.oid), t.oid) LEFT JOIN pg_namespace n ON n.oid = c.relnamespace`;
-  return infoOf(r ?? { schema, table, root_schema: null, root_table: null, cols: null });
-}
-
-/** tableInfo of every table and partition of the database, by tableKey. */
 async function tablesInfo(sql: Sql): Promise<Map<string, TableInfo>> {
-  const rows = await sql<InfoRow[]>`
-    SELECT tn.nspname::text AS schema, r.relname::text AS table, ${infoColumns(sql)}
+  const rows = await sql<{ schema: string; table: string; root_schema: string; root_table: string; cols: string[] | null }[]>`
+    SELECT tn.nspname::text AS schema, r.relname::text AS table, n.nspname::text AS root_schema, c.relname::text AS root_table,
+      (SELECT array_agg(a.attname::text ORDER BY k.i)
+       FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
+       JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+       WHERE x.indrelid = r.oid AND x.indisprimary) AS cols
     FROM pg_class r JOIN pg_namespace tn ON tn.oid = r.relnamespace
-    CROSS JOIN LATERAL (SELECT r.oid) AS t(oid)
     JOIN pg_class c ON c.oid = coalesce(pg_partition_root(r.oid), r.oid) JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE r.relkind IN ('r', 'p') AND tn.nspname NOT IN ('pg_catalog', 'information_schema') AND tn.nspname NOT LIKE 'pg\_toast%'`;
-  return new Map(rows.map((r) => [tableKey(r.schema, r.table), infoOf(r)]));
+  return new Map(rows.map((r) => [tableKey(r.schema, r.table), {
+    root: { schema: r.root_schema, table: r.root_table }, key: r.cols?.length ? r.cols : null,
+  }]));
 }
-
-interface InfoRow { schema: string; table: string; root_schema: string | null; root_table: string | null; cols: string[] | null }
-
-/** The root table's name and the table's primary key columns (t.oid: the table, c/n: its root). */
-const infoColumns = (sql: Sql) => sql`n.nspname AS root_schema, c.relname AS root_table,
-  (SELECT array_agg(a.attname::text ORDER BY k.i)
-   FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
-   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-   WHERE x.indrelid = t.oid AND x.indisprimary) AS cols`;
-
-const infoOf = (r: InfoRow): TableInfo => ({
-  root: r.root_schema && r.root_table ? { schema: r.root_schema, table: r.root_table } : { schema: r.schema, table: r.table },
-  key: r.cols?.length ? r.cols : null,
-});
 
 export const UNCHANGED_TOAST = Symbol('unchanged-toast-datum');
 type Value = string | null | typeof UNCHANGED_TOAST;
