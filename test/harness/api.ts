@@ -31,6 +31,7 @@ export class Api {
       let last: pb.Job__Output | undefined;
       let settled = false;
       const deadline = Date.now() + timeoutMs;
+      const late = () => new Error(`job ${id} still ${last?.state ?? 'unseen'} after ${timeoutMs} ms`);
       const settle = (f: () => void) => {
         if (settled) return;
         settled = true;
@@ -38,7 +39,7 @@ export class Api {
         stream.cancel();
         f();
       };
-      const timer = setTimeout(() => settle(() => reject(new Error(`job ${id} still ${last?.state ?? 'unseen'} after ${timeoutMs} ms`))), timeoutMs);
+      const timer = setTimeout(() => settle(() => reject(late())), timeoutMs);
       stream.on('data', (job: pb.Job__Output) => {
         last = job;
         if (!isRunning(job)) settle(() => resolve(job));
@@ -46,7 +47,7 @@ export class Api {
       // The coordinator going away (a restart in a fault test) ends the stream: follow the job again until the deadline.
       const again = () => settle(() => {
         const left = deadline - Date.now();
-        if (left <= 0) reject(new Error(`job ${id} still ${last?.state ?? 'unseen'} after ${timeoutMs} ms`));
+        if (left <= 0) reject(late());
         else setTimeout(() => resolve(this.waitJob(id, left)), 250);
       });
       stream.on('error', (e: grpc.ServiceError) => {
