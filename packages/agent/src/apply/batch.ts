@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ident, identList, type Sql, type ApplyMethod, type CopyFormat } from '@syncflow/shared';
 import { BINARY_HEADER, BINARY_TRAILER } from '../read/copy-binary.js';
-import { keyCompare, joinFragments, type KeySpec } from '../read/keys.js';
+import { keyCompare, joinFragments, IntegerKeys, type KeySpec } from '../read/keys.js';
 import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
@@ -150,25 +150,34 @@ async function loadDirect(sql: Sql, spec: ApplySpec, b: IncomingBatch): Promise<
 /**
  * Mirror mode: records the keys of target rows inside (lowerKey, upperKey] that the source did not
  * send. They are deleted at the end of the job, children before parents, so FKs hold throughout.
+ * A diff from tracked changes looks up only its own keys in that range, and of those only the ones
+ * the batch did not bring (the rows the source deleted): for integer keys, the range is cut in JS,
+ * and a range without keys costs no statement.
  */
 export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] | null, upperKey: string[] | null, withStage: boolean, seq?: number): Promise<number> {
   const k = spec.key;
   const conds: ReturnType<Sql['unsafe']>[] = [];
-  if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
-  if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
-  if (withStage) {
-    conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns)})`);
-    // A row the source has but the target refused (quarantined) is not "gone from the source".
-    if (seq !== undefined) {
-      conds.push(tx`NOT EXISTS (SELECT 1 FROM syncflow.quarantine q WHERE q.job_id = ${spec.jobId} AND q.task_id = ${spec.taskId}
-                                  AND q.seq = ${seq} AND q.key = ${keyTextArray(tx, k.columns, 't')})`);
-    }
+  // A row the source has but the target refused (quarantined) is not "gone from the source".
+  if (withStage && seq !== undefined) {
+    conds.push(tx`NOT EXISTS (SELECT 1 FROM syncflow.quarantine q WHERE q.job_id = ${spec.jobId} AND q.task_id = ${spec.taskId}
+                                AND q.seq = ${seq} AND q.key = ${keyTextArray(tx, k.columns, 't')})`);
+  }
+  let from;
+  const keys = spec.diff?.filter.keys;
+  if (spec.diff && keys) {
+    // Diff re-sync from tracked changes: only the changed keys can be missing from the source.
+    const ints = (spec.diff.integerKeys ??= IntegerKeys.of(k.types, keys) ?? null)?.between(lowerKey, upperKey);
+    if (ints?.length === 0) return 0;
+    from = keysFrom(tx, spec, k, ints ?? keys, 't', ints ? {} : { after: lowerKey, upto: upperKey }, withStage ? 'sf_stage' : undefined);
+  } else {
+    if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
+    if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
+    if (withStage) conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns)})`);
+    // Diff re-sync by buckets: only rows of the shipped buckets can be missing from the source.
+    if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
+    from = tx`${ident(tx, spec.schema, spec.table)} t`;
   }
   const keyText = k.columns.map((c) => tx`t.${ident(tx, c)}::text`);
-  // Diff re-sync: only rows of the shipped buckets (or keys) can be missing from the source.
-  const keys = spec.diff?.filter.keys;
-  if (spec.diff && !keys) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
-  const from = keys ? keysFrom(tx, spec, k, keys, 't', { after: lowerKey, upto: upperKey }) : tx`${ident(tx, spec.schema, spec.table)} t`;
   const mark = () => tx`
     INSERT INTO syncflow.pending_deletes (job_id, schema_name, table_name, key)
     SELECT ${spec.jobId}, ${spec.schema}, ${spec.table}, ARRAY[${joinFragments(tx, keyText)}]

@@ -200,13 +200,16 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
  * loaded target table without statistics once per key (a minute for 5 000 keys of a 440 000-row
  * part). `keys`: bound arrays, or the reader's transaction-local setting (COPY takes no parameters).
  * The key columns of the list are named "syncflow.kN", which no unqualified column name can hit.
+ * `except`: a table (a batch's stage) whose rows' keys are dropped from the list before the lookups.
  */
-export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: KeyList, alias: string, range: KeyRange = {}) {
+export function keysFrom(sql: Sql, table: { schema: string; table: string }, key: KeySpec, keys: KeyList, alias: string, range: KeyRange = {}, except?: string) {
   const kcol = (i: number) => `syncflow.k${i}`;
-  const match = joinFragments(sql, key.columns.map((c, i) => sql`x.${ident(sql, c)} = k.${ident(sql, kcol(i))}`), ' AND ');
+  const equal = (a: string) => joinFragments(sql, key.columns.map((c, i) => sql`${ident(sql, a)}.${ident(sql, c)} = k.${ident(sql, kcol(i))}`), ' AND ');
   // Only the keys inside the range are looked up (a batch's marks, not every key of the task's filter).
-  return sql`${typedKeys(sql, key, keys, kcol, range)} AS k
-    CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${match} OFFSET 0) AS ${ident(sql, alias)}`;
+  const typed = typedKeys(sql, key, keys, kcol, range);
+  const list = except ? sql`(SELECT * FROM ${typed} AS k WHERE NOT EXISTS (SELECT 1 FROM ${ident(sql, except)} s WHERE ${equal('s')}))` : typed;
+  return sql`${list} AS k
+    CROSS JOIN LATERAL (SELECT * FROM ${ident(sql, table.schema, table.table)} x WHERE ${equal('x')} OFFSET 0) AS ${ident(sql, alias)}`;
 }
 
 /** A key range (after, upto] as text forms; either end open when missing. */

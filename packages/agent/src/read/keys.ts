@@ -47,3 +47,56 @@ export function joinFragments(sql: Sql, parts: readonly ReturnType<Sql['unsafe']
   if (parts.length === 0) return sql``;
   return parts.slice(1).reduce((acc, p) => sql`${acc}${sql.unsafe(sep)}${p}`, parts[0]!);
 }
+
+const INTEGER_TYPES = new Set(['int2', 'int4', 'int8']);
+
+/** A key tuple as exact integers; undefined when a value is not a plain integer (null: no tuple). */
+function integerTuple(k: readonly (string | null)[] | null | undefined): bigint[] | null | undefined {
+  if (!k) return null;
+  const out: bigint[] = [];
+  for (const v of k) {
+    if (v === null || !/^-?\d+$/.test(v)) return undefined;
+    out.push(BigInt(v));
+  }
+  return out;
+}
+
+function compareTuples(a: readonly bigint[], b: readonly bigint[]): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! < b[i]! ? -1 : 1;
+  return 0;
+}
+
+/**
+ * Keys of integer columns (the common case), parsed once, each distinct value once, in key order:
+ * range slices come by binary search in JS, without a round trip. Other key types order by the
+ * database's rules (collations, numerics, …) and are left to it: `of` is undefined for them, and for
+ * a value that is not a plain integer.
+ */
+export class IntegerKeys {
+  private constructor(private readonly sorted: readonly bigint[][]) {}
+
+  static of(types: readonly { schema: string; name: string }[], keys: readonly (string | null)[][]): IntegerKeys | undefined {
+    if (!types.every((t) => t.schema === 'pg_catalog' && INTEGER_TYPES.has(t.name))) return undefined;
+    const seen = new Map<string, bigint[]>();
+    for (const k of keys) {
+      const v = integerTuple(k);
+      if (!v) return undefined;
+      seen.set(v.join(','), v);
+    }
+    return new IntegerKeys([...seen.values()].sort(compareTuples));
+  }
+
+  /** The keys inside (after, upto] (either end open when missing), in canonical text forms; undefined for a bound that is not an integer tuple. */
+  between(after?: readonly (string | null)[] | null, upto?: readonly (string | null)[] | null): string[][] | undefined {
+    const lo = integerTuple(after), hi = integerTuple(upto);
+    if (lo === undefined || hi === undefined) return undefined;
+    const first = (pred: (v: bigint[]) => boolean) => { // the first index whose tuple satisfies a monotone predicate
+      let a = 0, b = this.sorted.length;
+      while (a < b) { const m = (a + b) >>> 1; if (pred(this.sorted[m]!)) b = m; else a = m + 1; }
+      return a;
+    };
+    const from = lo ? first((v) => compareTuples(v, lo) > 0) : 0;
+    const to = hi ? first((v) => compareTuples(v, hi) > 0) : this.sorted.length;
+    return this.sorted.slice(from, Math.max(from, to)).map((v) => v.map(String));
+  }
+}

@@ -4,7 +4,7 @@ import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from
 import {
   bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, typedKeys, unpackFilter, COARSE_SHIFT, type BucketFilter,
 } from '../read/buckets.js';
-import { joinFragments } from '../read/keys.js';
+import { IntegerKeys, joinFragments } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { ChangeLog } from '../read/change-log.js';
 
@@ -87,7 +87,7 @@ export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentS
  */
 async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][], log: Logger): Promise<DiffDecision> {
   const t0 = Date.now();
-  const inRange = !keys.length ? [] : integerKeysInRange(task, keys) ?? await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
+  const inRange = !keys.length ? [] : IntegerKeys.of(task.key_types, keys)?.between(task.range?.after, task.range?.upto) ?? await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
     const tx = txAny as unknown as Sql;
     const key = { columns: task.key_columns, types: task.key_types };
     const rows = await tx<{ k: string[] }[]>`
@@ -97,40 +97,6 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
   }));
   log.info({ changed_keys: keys.length, in_range: inRange.length, ms: Date.now() - t0 }, 'diff: keys of the tracked changes');
   return describe(keyFilter(inRange), 0, `diff from tracked changes: ${keys.length} key(s) of the table changed since its last sync`);
-}
-
-const INTEGER_TYPES = new Set(['int2', 'int4', 'int8']);
-
-/**
- * changedKeys for a key of integer columns (the common case), without a round trip: the values
- * compare exactly as BigInt, deduplicated and sorted, in their canonical text forms. Undefined for
- * other key types (their order is the database's: collations, numerics, …).
- */
-export function integerKeysInRange(task: Pick<TaskMessage, 'key_types' | 'range'>, keys: readonly (string | null)[][]): string[][] | undefined {
-  if (!task.key_types.every((t) => t.schema === 'pg_catalog' && INTEGER_TYPES.has(t.name))) return undefined;
-  const parse = (k: readonly (string | null)[] | null | undefined) => {
-    if (!k) return null;
-    const out: bigint[] = [];
-    for (const v of k) {
-      if (v === null || !/^-?\d+$/.test(v)) return undefined;
-      out.push(BigInt(v));
-    }
-    return out;
-  };
-  const cmp = (a: bigint[], b: bigint[]) => {
-    for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! < b[i]! ? -1 : 1;
-    return 0;
-  };
-  const after = parse(task.range?.after), upto = parse(task.range?.upto);
-  if (after === undefined || upto === undefined) return undefined;
-  const seen = new Map<string, bigint[]>();
-  for (const k of keys) {
-    const v = parse(k);
-    if (!v) return undefined;
-    if ((after && cmp(v, after) <= 0) || (upto && cmp(v, upto) > 0)) continue;
-    seen.set(v.join(','), v);
-  }
-  return [...seen.values()].sort(cmp).map((v) => v.map(String));
 }
 
 /**
