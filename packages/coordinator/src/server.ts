@@ -91,6 +91,9 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
   } as pb.SyncServiceHandlers;
 }
 
+/** How long WatchJob gathers task moves before it sends the job again. */
+const TASK_BURST_MS = 100;
+
 /** Streams the job whenever it changes, until it ends or the client goes away. */
 async function watch(call: grpc.ServerWritableStream<pb.GetJobRequest__Output, pb.Job>, d: RunnerDeps, token: string | undefined,
   jobView: (id: string) => Promise<pb.Job>): Promise<void> {
@@ -105,8 +108,10 @@ async function watch(call: grpc.ServerWritableStream<pb.GetJobRequest__Output, p
     if (text !== last) { call.write(view); last = text; }
     const state = jobStateFromProto(String(view.state));
     if (state && isTerminalJob(state)) break;
-    // Woken by this process's own moves of the job (a task done, the job ended); polled as well.
-    await d.jobs.nextChange(id, 500);
+    // Woken by this process's own moves of the job (a task done, the job ended); polled as well. Moves of
+    // tasks come in bursts (started, done, the next level queued): they are sent together, after at most
+    // TASK_BURST_MS; a move of the job itself (it ended) is sent at once.
+    if (await d.jobs.nextChange(id, 500) === 'task') await d.jobs.nextChange(id, TASK_BURST_MS, 'job');
   }
   call.end();
 }

@@ -41,9 +41,15 @@ export class EventConsumer {
     });
   }
 
+  /** Jobs this control DB has (jobs are never deleted): an event's job is looked up once, not per event. */
+  readonly #known = new Set<string>();
+
   async #apply(e: EventMessage): Promise<void> {
-    const exists = await this.jobs.get(e.job_id).catch(() => undefined);
-    if (!exists) return; // an event of a job this control DB does not know (another namespace user)
+    if (!this.#known.has(e.job_id)) {
+      if (!(await this.jobs.exists(e.job_id))) return; // an event of a job this control DB does not know (another namespace user)
+      if (this.#known.size >= 10_000) this.#known.clear();
+      this.#known.add(e.job_id);
+    }
     switch (e.type) {
       case 'started':
         await this.jobs.moveTask(e.task_id, 'running', { attempts: e.delivery });

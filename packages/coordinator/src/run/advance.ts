@@ -104,12 +104,13 @@ export class JobRunner {
       return;
     }
     const ready = readyTasks(job.plan, tasks);
+    this.#rebuildLoaded(job, tasks);
+    if (!ready.length && this.#diffsAsked.has(job.id)) return;
     const from = await this.d.connections.get(job.from_conn);
     for (const t of largestFirst(ready, job.plan)) {
       await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
       await this.d.jobs.moveTask(t.id, 'queued');
     }
-    this.#rebuildLoaded(job, tasks);
     this.#prepareDiffs(job, open.filter((t) => t.state === 'pending' && !ready.includes(t)), from);
   }
 
@@ -121,9 +122,9 @@ export class JobRunner {
    */
   #prepareDiffs(job: JobRow, waiting: TaskRow[], from: { agent_group: string }): void {
     if (this.#diffsAsked.has(job.id)) return;
+    this.#diffsAsked.add(job.id);
     const later = waiting.filter((t) => t.message.diff).sort((x, y) => x.level - y.level);
     if (!later.length) return;
-    this.#diffsAsked.add(job.id);
     void this.d.agents.call<pb.PrepareDiffsReply__Output>(from.agent_group, 'PrepareDiffs', {
       tasks: later.map((t) => Buffer.from(JSON.stringify(t.message))),
     }).then((r) => this.d.log.info({ job: job.id, tasks: later.length, accepted: r.accepted }, 'diffs of later FK levels handed to a source agent'))

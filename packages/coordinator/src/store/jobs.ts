@@ -38,21 +38,27 @@ export interface TaskRow {
   started_at: string | null; finished_at: string | null; publishes: number;
 }
 
+/** What a change moved. */
+export type Change = 'job' | 'task';
+
 const JOB_COLS = 'id, from_conn, to_conn, mode, state, spec, plan, snapshot_id, change_slot, change_lsn, trace_id, trace, error, rows_deleted::text, finalized, created_at::text, started_at::text, finished_at::text';
 const TASK_COLS = 'id, job_id, level, schema_name, table_name, state, method, message, row_estimate::text, rows::text, bytes::text, batches::text, inserted::text, updated::text, marked_for_delete::text, checkpoint, attempts, error, started_at::text, finished_at::text, publishes';
 
 /** Jobs, tasks and their logs in the control DB. State changes are guarded by the transition tables. */
 export class JobStore {
-  /** 'change' with a job id whenever this process moves the job or one of its tasks (WatchJob listens). */
+  /** 'change' with a job id and what moved ('job' or 'task') whenever this process moves the job or one of its tasks (WatchJob listens). */
   readonly changes = new EventEmitter().setMaxListeners(0);
   constructor(readonly sql: Sql) {}
 
-  /** Resolves at this process's next change of the job, or after `ms` (another coordinator may have moved it). */
-  nextChange(jobId: string, ms: number): Promise<void> {
+  /**
+   * Resolves at this process's next change of the job (only a move of the job itself with `only:
+   * 'job'`) with what moved, or after `ms` with null (another coordinator may have moved it).
+   */
+  nextChange(jobId: string, ms: number, only?: Change): Promise<Change | null> {
     return new Promise((resolve) => {
-      const done = () => { clearTimeout(timer); this.changes.off('change', on); resolve(); };
-      const on = (id: string) => { if (id === jobId) done(); };
-      const timer = setTimeout(done, ms);
+      const done = (what: Change | null) => { clearTimeout(timer); this.changes.off('change', on); resolve(what); };
+      const on = (id: string, what: Change) => { if (id === jobId && (!only || what === only)) done(what); };
+      const timer = setTimeout(() => done(null), ms);
       this.changes.on('change', on);
     });
   }
@@ -73,6 +79,13 @@ export class JobStore {
     const [row] = await this.sql.unsafe<JobRow[]>(`SELECT ${JOB_COLS} FROM jobs WHERE id = $1`, [id]);
     if (!row) throw notFound(`job ${id} does not exist`);
     return row;
+  }
+
+  /** False for an id that is not a job's (also for one that is no uuid at all: never a database error). */
+  async exists(id: string): Promise<boolean> {
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)) return false;
+    const [row] = await this.sql`SELECT 1 FROM jobs WHERE id = ${id}`;
+    return Boolean(row);
   }
 
   async list(limit: number): Promise<JobRow[]> {
@@ -98,7 +111,7 @@ export class JobStore {
         finished_at = CASE WHEN ${to} IN ('completed', 'completed_with_errors', 'failed', 'cancelled') THEN now()
                            WHEN ${to} = 'running' THEN NULL ELSE finished_at END
       WHERE id = ${id} AND state = ANY(${from})`;
-    if (r.count > 0) this.changes.emit('change', id);
+    if (r.count > 0) this.changes.emit('change', id, 'job');
     return r.count > 0;
   }
 
@@ -116,7 +129,7 @@ export class JobStore {
         finished_at = CASE WHEN ${to} IN ('done', 'failed', 'cancelled', 'blocked') THEN now() ELSE finished_at END
       WHERE id = ${id} AND state = ANY(${from})
       RETURNING job_id::text`;
-    if (r[0]) this.changes.emit('change', r[0].job_id);
+    if (r[0]) this.changes.emit('change', r[0].job_id, 'task');
     return r.count > 0;
   }
 
@@ -140,7 +153,7 @@ export class JobStore {
         updated = ${t.updated}, marked_for_delete = ${t.marked_for_delete}, finished_at = now(), error = ''
       WHERE id = ${id} AND state = ANY(${from})
       RETURNING job_id::text`;
-    if (r[0]) this.changes.emit('change', r[0].job_id);
+    if (r[0]) this.changes.emit('change', r[0].job_id, 'task');
     return r.count > 0;
   }
 
