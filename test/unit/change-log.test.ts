@@ -36,6 +36,18 @@ describe('change log: test_decoding lines', () => {
     expect(tr.tables).toEqual([{ schema: 'public', table: 'a' }, { schema: 'public', table: 'B' }]);
   });
 
+  it('with the tables\' keys known, reads a row only until it holds its key (the rest of a wide row is not parsed)', () => {
+    const keyOf = (schema: string, table: string) => (table === 't' ? ['b', 'id'] : null);
+    // Past the key columns the line is not read: the broken value after them is never seen.
+    const c = parseChange(`table public.t: UPDATE: id[bigint]:3 b[text]:'x' v[text]:'unterminated`, false, keyOf);
+    expect([...c.tuples[0]!]).toEqual([['id', '3'], ['b', 'x']]);
+    // A key change: the old key whole, the new row up to its key.
+    const k = parseChange(`table public.t: UPDATE: old-key: id[bigint]:5 b[text]:'y' new-tuple: b[text]:'z' id[bigint]:6 v[text]:'w'`, false, keyOf);
+    expect(k.tuples.map((t) => [...t])).toEqual([[['id', '5'], ['b', 'y']], [['b', 'z'], ['id', '6']]]);
+    // A table without a key is read whole.
+    expect([...parseChange(`table public.u: INSERT: x[int]:1 y[int]:2`, false, keyOf).tuples[0]!]).toEqual([['x', '1'], ['y', '2']]);
+  });
+
   it('refuses what it does not understand instead of guessing', () => {
     expect(() => parseChange(`table public.t: MERGE: id[bigint]:1`)).toThrow(/operation/);
     expect(() => parseChange(`table public.t: INSERT: id[bigint]:'open`)).toThrow(/unterminated/);

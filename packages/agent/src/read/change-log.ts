@@ -26,7 +26,8 @@ const TTL_MS = 30 * 60_000;
 
 export type TableChanges = { keys: (string | null)[][] } | { unusable: string };
 
-interface TableLog { key: string[] | null; keys: Set<string>; unusable?: string }
+/** A table's changed keys, each once (by its JSON), and the list handed to its tasks (built once). */
+interface TableLog { key: string[] | null; keys: Map<string, (string | null)[]>; list?: (string | null)[][]; unusable?: string }
 interface Decoded {
   tables: Map<string, TableLog>; overflow: boolean; changes: number;
   /** ms from the start until the transaction began (a pooled connection), and until the slot's first changes arrived. */
@@ -60,7 +61,8 @@ export class ChangeLog {
     if (!t) return { keys: [] };
     if (t.unusable) return { unusable: t.unusable };
     if (!t.key || t.key.join('\0') !== keyColumns.join('\0')) return { unusable: 'the task\'s key is not the table\'s primary key' };
-    return { keys: [...t.keys].map((k) => JSON.parse(k) as (string | null)[]) };
+    // One list per table, shared by its parts (read only): they pick their key range from it.
+    return { keys: (t.list ??= [...t.keys.values()]) };
   }
 
   /**
@@ -133,7 +135,7 @@ export class ChangeLog {
           for (const { data, cut } of rows) {
             if (out.overflow) break decoding;
             out.changes++;
-            const change = parseChange(data, cut);
+            const change = parseChange(data, cut, (schema, table) => tables.get(tableKey(schema, table))?.key ?? null);
             for (const name of change.tables) {
               // A partition's changes count for the partitioned table the tasks sync. A table missing from
               // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
@@ -141,7 +143,7 @@ export class ChangeLog {
               const k = tableKey(root.schema, root.table);
               let t = out.tables.get(k);
               if (!t) {
-                t = { key, keys: new Set() };
+                t = { key, keys: new Map() };
                 if (!t.key) t.unusable = 'the table has no primary key';
                 out.tables.set(k, t);
               }
@@ -156,9 +158,10 @@ export class ChangeLog {
                   t.keys.clear();
                   break;
                 }
-                const before = t.keys.size;
-                t.keys.add(JSON.stringify(values));
-                if (t.keys.size > before && ++kept > this.maxKeys) { out.overflow = true; break; }
+                const id = JSON.stringify(values);
+                if (t.keys.has(id)) continue;
+                t.keys.set(id, values as (string | null)[]);
+                if (++kept > this.maxKeys) { out.overflow = true; break; }
               }
             }
           }
@@ -205,9 +208,11 @@ const malformed = (line: string, why: string) => new Error(`unexpected test_deco
 /**
  * Parses one test_decoding line that starts with `table `. Row values come back as their text forms
  * (type output functions). `cut`: the line was cut short (MAX_LINE); its tuple holds the columns
- * printed whole before the cut, and the value the cut may have shortened is left out.
+ * printed whole before the cut, and the value the cut may have shortened is left out. `keyOf`: the
+ * key columns of a table (null: none); the row's tuple is read only until it holds them all (keys
+ * usually come first: the rest of a wide row is not parsed).
  */
-export function parseChange(line: string, cut = false): ParsedChange {
+export function parseChange(line: string, cut = false, keyOf?: (schema: string, table: string) => readonly string[] | null): ParsedChange {
   const p = { s: line, i: 'table '.length };
   const tables: { schema: string; table: string }[] = [];
   for (;;) {
@@ -237,7 +242,7 @@ export function parseChange(line: string, cut = false): ParsedChange {
       }
       p.i += 'new-tuple: '.length;
     }
-    tuples.push(tuple(p, null, cut));
+    tuples.push(tuple(p, null, cut, tables.length === 1 ? keyOf?.(tables[0]!.schema, tables[0]!.table) : null));
   }
   return { tables, op, tuples };
 }
@@ -265,13 +270,14 @@ function identifier(p: Cursor): string {
 }
 
 /**
- * `name[type]:value` pairs separated by single spaces, up to the end or `stop`. In a line cut short
- * (`cut`), parsing ends at the cut: a pair cut in two is dropped, and so is a value that reaches the
- * cut (it may go on beyond it).
+ * `name[type]:value` pairs separated by single spaces, up to the end or `stop`, or until it holds
+ * every column of `enough`. In a line cut short (`cut`), parsing ends at the cut: a pair cut in two is
+ * dropped, and so is a value that reaches the cut (it may go on beyond it).
  */
-function tuple(p: Cursor, stop: string | null, cut = false): Map<string, Value> {
+function tuple(p: Cursor, stop: string | null, cut = false, enough?: readonly string[] | null): Map<string, Value> {
   const row = new Map<string, Value>();
-  while (p.i < p.s.length && !(stop && p.s.startsWith(stop, p.i))) {
+  let wanted = enough?.length ?? 0;
+  while (p.i < p.s.length && !(stop && p.s.startsWith(stop, p.i)) && !(enough && wanted === 0)) {
     try {
       const name = identifier(p);
       if (p.s[p.i] !== '[') throw malformed(p.s, 'column type');
@@ -281,6 +287,7 @@ function tuple(p: Cursor, stop: string | null, cut = false): Map<string, Value> 
       const v = value(p);
       if (cut && p.i >= p.s.length) break;
       row.set(name, v);
+      if (enough?.includes(name)) wanted--;
     } catch (e) {
       if (!cut) throw e;
       p.i = p.s.length; // the rest is the cut pair
