@@ -231,17 +231,21 @@ describe('diff re-sync', () => {
 
   it('past SYNCFLOW_CHANGE_MAX_KEYS every table hashes, and a key printed after a long column cannot be decoded: each says why, the target ends equal', async () => {
     const WIDE = `CREATE TABLE wide_last (payload text NOT NULL, id bigint PRIMARY KEY);
+                  CREATE TABLE wide_mid (payload text NOT NULL, id bigint PRIMARY KEY);
                   CREATE TABLE wide_first (id bigint PRIMARY KEY, payload text NOT NULL);`;
-    await a.exec('shop', `${WIDE} INSERT INTO wide_last VALUES ('first', 0); INSERT INTO wide_first VALUES (0, 'first');`);
+    const wide = ['wide_last', 'wide_mid', 'wide_first'];
+    await a.exec('shop', `${WIDE} INSERT INTO wide_last VALUES ('first', 0); INSERT INTO wide_mid VALUES ('first', 0); INSERT INTO wide_first VALUES (0, 'first');`);
     await b.exec('shop', WIDE);
-    await sync('SYNC_MODE_MIRROR', { tables: ['wide_last', 'wide_first'] });
-    // 20 000 characters of payload (more than MAX_LINE) printed before wide_last's key, after wide_first's.
-    const big = `(SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, 625) x)`;
-    await a.exec('shop', `INSERT INTO wide_last SELECT ${big}, g FROM generate_series(1, 3) g;
-                          INSERT INTO wide_first SELECT g, ${big} FROM generate_series(1, 3) g;`);
-    const cut = await sync('SYNC_MODE_MIRROR', { tables: ['wide_last', 'wide_first'] });
+    await sync('SYNC_MODE_MIRROR', { tables: wide });
+    // 20 000 characters of payload (more than MAX_LINE) printed before wide_last's key, after wide_first's;
+    // 5 000 before wide_mid's: past the first read's cut (2 048), found when its lines are read again, longer.
+    const big = (n: number) => `(SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, ${n}) x)`;
+    await a.exec('shop', `INSERT INTO wide_last SELECT ${big(625)}, g FROM generate_series(1, 3) g;
+                          INSERT INTO wide_mid SELECT ${big(160)}, g FROM generate_series(1, 3) g;
+                          INSERT INTO wide_first SELECT g, ${big(625)} FROM generate_series(1, 3) g;`);
+    const cut = await sync('SYNC_MODE_MIRROR', { tables: wide });
     expect(cut.diffLines.find((l) => l.startsWith('public.wide_last:'))).toMatch(/tracked changes not usable: a INSERT since the last sync prints its primary key after 16384 characters of other columns/);
-    expect(cut.diffLines.find((l) => l.startsWith('public.wide_first:'))).toContain('diff from tracked changes: 3 key(s)');
+    for (const t of ['wide_mid', 'wide_first']) expect(cut.diffLines.find((l) => l.startsWith(`public.${t}:`))).toContain('diff from tracked changes: 3 key(s)');
     expect(await same()).toEqual([]);
 
     // A source agent that keeps at most 50 changed keys; 60 rows of customers change. orders shares

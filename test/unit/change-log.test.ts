@@ -66,6 +66,10 @@ describe('the keys of a task (integer keys, without a round trip)', () => {
     expect(ints.between(null, ['-4', '9'])).toEqual([['-4', '9']]);
     expect(ints.between(['11', '0'], ['10', '0'])).toEqual([]);
     expect(ints.between(['x', '1'], null)).toBeUndefined();
+    // Short values compare as numbers, long ones as BigInt: exactly, across the two, each once.
+    const mixed = IntegerKeys.of([int8], [['9007199254740993'], ['-0'], ['0'], ['-9223372036854775808'], ['999999999999999'], ['9007199254740992']])!;
+    expect(mixed.between(null, null)).toEqual([['-9223372036854775808'], ['0'], ['999999999999999'], ['9007199254740992'], ['9007199254740993']]);
+    expect(mixed.between(['9007199254740992'], null)).toEqual([['9007199254740993']]);
   });
   it('leaves other key types, and values that are not plain integers, to the database', () => {
     expect(IntegerKeys.of([{ schema: 'pg_catalog', name: 'text' }], [['a']])).toBeUndefined();

@@ -17,7 +17,12 @@ import { withPinnedTextForms } from './text-forms.js';
  * task hashes every row instead.
  */
 
-/** Characters of each change line read (its key columns come first in most tables); the rest is left in the database. */
+/**
+ * Characters of each change line read (its key columns come first in most tables); the rest is left in
+ * the database. Lines are read at FIRST_LINE first; the tables whose key a line printed past that are
+ * read again at MAX_LINE (a wide row's hex and JSON cost the agent memory and time for nothing).
+ */
+const FIRST_LINE = 2_048;
 export const MAX_LINE = 16_384;
 
 /** Decodes held (a job's tasks share one; a job after it decodes again). */
@@ -34,7 +39,8 @@ interface Decoded {
   began: number; firstRows: number;
 }
 
-const tableKey = (schema: string, table: string) => JSON.stringify([schema, table]);
+/** A table's map key: names never hold a NUL. */
+const tableKey = (schema: string, table: string) => `${schema}\u0000${table}`;
 
 export class ChangeLog {
   readonly #decodes = new Map<string, { at: number; decoded: Promise<Decoded> }>();
@@ -115,7 +121,6 @@ export class ChangeLog {
 
   async #peek(sqlPool: Sql, slot: string, upto: string): Promise<Decoded> {
     const out: Decoded = { tables: new Map(), overflow: false, changes: 0, began: 0, firstRows: 0 };
-    let kept = 0;
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       out.began = Date.now();
@@ -123,53 +128,70 @@ export class ChangeLog {
       const tables = await tablesInfo(tx);
       // Values print in pinned text forms, the ones the keys are read back in (buckets.ts typedKeys).
       await withPinnedTextForms(tx, async () => {
-        // Each line cut at MAX_LINE characters: only the key is read, and a change of huge rows
-        // (4 MB values print as 8 MB of hex) would otherwise hold 2 000 of them in memory at once.
-        const cursor = tx<{ data: string; cut: boolean }[]>`
-          SELECT left(data, ${MAX_LINE}) AS data, length(data) > ${MAX_LINE} AS cut
-          FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
-          WHERE data LIKE 'table %'`.cursor(2000);
-        // Past the key limit every table hashes: the rest of the changes are not read.
-        decoding: for await (const rows of cursor) {
-          out.firstRows ||= Date.now();
-          for (const { data, cut } of rows) {
-            if (out.overflow) break decoding;
-            out.changes++;
-            const change = parseChange(data, cut, (schema, table) => tables.get(tableKey(schema, table))?.key ?? null);
-            for (const name of change.tables) {
-              // A partition's changes count for the partitioned table the tasks sync. A table missing from
-              // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
-              const { root, key } = tables.get(tableKey(name.schema, name.table)) ?? { root: name, key: null };
-              const k = tableKey(root.schema, root.table);
-              let t = out.tables.get(k);
-              if (!t) {
-                t = { key, keys: new Map() };
-                if (!t.key) t.unusable = 'the table has no primary key';
-                out.tables.set(k, t);
-              }
-              if (t.unusable) continue;
-              if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
-              for (const tuple of change.tuples) {
-                const values = t.key!.map((c) => tuple.get(c));
-                if (values.some((v) => v === undefined || v === UNCHANGED_TOAST)) {
-                  t.unusable = cut && values.includes(undefined)
-                    ? `a ${change.op} since the last sync prints its primary key after ${MAX_LINE} characters of other columns`
-                    : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
-                  t.keys.clear();
-                  break;
-                }
-                const id = JSON.stringify(values);
-                if (t.keys.has(id)) continue;
-                t.keys.set(id, values as (string | null)[]);
-                if (++kept > this.maxKeys) { out.overflow = true; break; }
-              }
-            }
-          }
-        }
+        const kept = { n: 0 };
+        const later = await this.#pass(tx, slot, upto, FIRST_LINE, tables, out, kept, null);
+        if (later.size && !out.overflow) await this.#pass(tx, slot, upto, MAX_LINE, tables, out, kept, later);
       });
     });
     if (out.overflow) for (const t of out.tables.values()) t.keys.clear();
     return out;
+  }
+
+  /**
+   * One read of the slot's changes, each line cut at `lineLength` characters: only the key is read,
+   * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise hold 2 000 of them in
+   * memory at once. The first read (`only` null) takes every table; a table whose key a cut line does
+   * not hold is returned, to be read again with longer lines (`only`: those tables).
+   */
+  async #pass(tx: Sql, slot: string, upto: string, lineLength: number, tables: Map<string, TableInfo>, out: Decoded, kept: { n: number },
+    only: Set<string> | null): Promise<Set<string>> {
+    const later = new Set<string>();
+    const cursor = tx<{ data: string; cut: boolean }[]>`
+      SELECT left(data, ${lineLength}) AS data, length(data) > ${lineLength} AS cut
+      FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
+      WHERE data LIKE 'table %'`.cursor(2000);
+    // Past the key limit every table hashes: the rest of the changes are not read.
+    decoding: for await (const rows of cursor) {
+      if (!only) out.firstRows ||= Date.now();
+      for (const { data, cut } of rows) {
+        if (out.overflow) break decoding;
+        if (!only) out.changes++;
+        const change = parseChange(data, cut, (schema, table) => tables.get(tableKey(schema, table))?.key ?? null);
+        for (const name of change.tables) {
+          // A partition's changes count for the partitioned table the tasks sync. A table missing from
+          // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
+          const { root, key } = tables.get(tableKey(name.schema, name.table)) ?? { root: name, key: null };
+          const k = tableKey(root.schema, root.table);
+          if (only ? !only.has(k) : later.has(k)) continue;
+          let t = out.tables.get(k);
+          if (!t) {
+            t = { key, keys: new Map() };
+            if (!t.key) t.unusable = 'the table has no primary key';
+            out.tables.set(k, t);
+          }
+          if (t.unusable) continue;
+          if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
+          for (const tuple of change.tuples) {
+            const values = t.key!.map((c) => tuple.get(c));
+            if (values.some((v) => v === undefined || v === UNCHANGED_TOAST)) {
+              const keyCut = cut && values.includes(undefined);
+              kept.n -= t.keys.size;
+              t.keys.clear();
+              if (keyCut && lineLength < MAX_LINE) { later.add(k); break; } // read again with longer lines
+              t.unusable = keyCut
+                ? `a ${change.op} since the last sync prints its primary key after ${lineLength} characters of other columns`
+                : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
+              break;
+            }
+            const id = JSON.stringify(values);
+            if (t.keys.has(id)) continue;
+            t.keys.set(id, values as (string | null)[]);
+            if (++kept.n > this.maxKeys) { out.overflow = true; break; }
+          }
+        }
+      }
+    }
+    return later;
   }
 }
 

@@ -50,19 +50,25 @@ export function joinFragments(sql: Sql, parts: readonly ReturnType<Sql['unsafe']
 
 const INTEGER_TYPES = new Set(['int2', 'int4', 'int8']);
 
+/** An exact integer: a number up to 15 digits (cheap), a BigInt beyond (int8); `<` and `>` compare the two exactly. */
+type Int = number | bigint;
+
 /** A key tuple as exact integers; undefined when a value is not a plain integer (null: no tuple). */
-function integerTuple(k: readonly (string | null)[] | null | undefined): bigint[] | null | undefined {
+function integerTuple(k: readonly (string | null)[] | null | undefined): Int[] | null | undefined {
   if (!k) return null;
-  const out: bigint[] = [];
+  const out: Int[] = [];
   for (const v of k) {
     if (v === null || !/^-?\d+$/.test(v)) return undefined;
-    out.push(BigInt(v));
+    out.push(v.length <= 15 ? Number(v) : BigInt(v));
   }
   return out;
 }
 
-function compareTuples(a: readonly bigint[], b: readonly bigint[]): number {
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! < b[i]! ? -1 : 1;
+function compareTuples(a: readonly Int[], b: readonly Int[]): number {
+  for (let i = 0; i < a.length; i++) {
+    if (a[i]! < b[i]!) return -1;
+    if (a[i]! > b[i]!) return 1;
+  }
   return 0;
 }
 
@@ -73,11 +79,11 @@ function compareTuples(a: readonly bigint[], b: readonly bigint[]): number {
  * a value that is not a plain integer.
  */
 export class IntegerKeys {
-  private constructor(private readonly sorted: readonly bigint[][]) {}
+  private constructor(private readonly sorted: readonly Int[][]) {}
 
   static of(types: readonly { schema: string; name: string }[], keys: readonly (string | null)[][]): IntegerKeys | undefined {
     if (!types.every((t) => t.schema === 'pg_catalog' && INTEGER_TYPES.has(t.name))) return undefined;
-    const seen = new Map<string, bigint[]>();
+    const seen = new Map<string, Int[]>();
     for (const k of keys) {
       const v = integerTuple(k);
       if (!v) return undefined;
@@ -90,7 +96,7 @@ export class IntegerKeys {
   between(after?: readonly (string | null)[] | null, upto?: readonly (string | null)[] | null): string[][] | undefined {
     const lo = integerTuple(after), hi = integerTuple(upto);
     if (lo === undefined || hi === undefined) return undefined;
-    const first = (pred: (v: bigint[]) => boolean) => { // the first index whose tuple satisfies a monotone predicate
+    const first = (pred: (v: readonly Int[]) => boolean) => { // the first index whose tuple satisfies a monotone predicate
       let a = 0, b = this.sorted.length;
       while (a < b) { const m = (a + b) >>> 1; if (pred(this.sorted[m]!)) b = m; else a = m + 1; }
       return a;

@@ -68,10 +68,8 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
  */
 export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, changes?: ChangeLog): Promise<DiffDecision> {
   if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
-  if (!task.changes || !changes || !task.key_columns.length) {
-    await changes?.idle(); // the decode first: the tracked tables wait for it (ChangeLog.idle)
-    return hashDiff(task, sql, target, log);
-  }
+  // The decode first on this side: the tracked tables wait for it (ChangeLog.idle); the target hashes meanwhile.
+  if (!task.changes || !changes || !task.key_columns.length) return hashDiff(task, sql, target, log, changes?.idle());
   const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
   if ('keys' in found) return changedKeys(task, sql, found.keys, log);
   log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
@@ -110,9 +108,10 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
 /**
  * Both rounds of a task's diff in the job snapshot against the target's current state. Valid until
  * the task ships: nothing of this job writes the task's table on the target before then (parents'
- * upserts touch other tables; mirror deletes wait for the finalize).
+ * upserts touch other tables; mirror deletes wait for the finalize). `localReady`: when this side may
+ * scan (after the decode of a change slot); the target hashes its side at once.
  */
-async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger): Promise<DiffDecision> {
+async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, localReady: Promise<void> = Promise.resolve()): Promise<DiffDecision> {
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
     after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),
@@ -126,7 +125,7 @@ async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClie
   let rescanned = false;
   const both = async (coarse: Buffer | null) => {
     const [mine, theirs] = await Promise.all([
-      digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id),
+      localReady.then(() => digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id)),
       peerDigests(target, task, fineBits, coarse, base.session!),
     ]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
