@@ -24,6 +24,8 @@ import { withPinnedTextForms } from './text-forms.js';
  */
 const FIRST_LINE = 2_048;
 export const MAX_LINE = 16_384;
+/** Characters of lines per fetch of the cursor, at most: 8 192 lines of the first read, 1 024 of a second one. */
+const FETCH_CHARS = 16 * 1024 * 1024;
 
 /** Decodes held (a job's tasks share one; a job after it decodes again). */
 const MAX_DECODES = 4;
@@ -37,6 +39,8 @@ interface Decoded {
   tables: Map<string, TableLog>; overflow: boolean; changes: number;
   /** ms from the start until the transaction began (a pooled connection), and until the slot's first changes arrived. */
   began: number; firstRows: number;
+  /** Reads of the slot (a second one for tables whose key lines print late), and the ms spent parsing their lines. */
+  passes: number; parseMs: number;
 }
 
 /** A table's map key: names never hold a NUL. */
@@ -110,7 +114,7 @@ export class ChangeLog {
     for (let attempt = 0; ; attempt++) {
       try {
         const d = await this.#peek(sql, slot, upto);
-        this.log.info({ slot, upto, changes: d.changes, tables: d.tables.size, overflow: d.overflow, ms: Date.now() - t0, began_ms: d.began - t0, first_rows_ms: d.firstRows - t0 }, 'change slot decoded');
+        this.log.info({ slot, upto, changes: d.changes, tables: d.tables.size, overflow: d.overflow, ms: Date.now() - t0, began_ms: d.began - t0, first_rows_ms: d.firstRows - t0, passes: d.passes, parse_ms: Math.round(d.parseMs) }, 'change slot decoded');
         return d;
       } catch (e) {
         if ((e as { code?: string }).code !== '55006' || attempt >= 60) throw e;
@@ -120,7 +124,7 @@ export class ChangeLog {
   }
 
   async #peek(sqlPool: Sql, slot: string, upto: string): Promise<Decoded> {
-    const out: Decoded = { tables: new Map(), overflow: false, changes: 0, began: 0, firstRows: 0 };
+    const out: Decoded = { tables: new Map(), overflow: false, changes: 0, began: 0, firstRows: 0, passes: 0, parseMs: 0 };
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       out.began = Date.now();
@@ -139,20 +143,22 @@ export class ChangeLog {
 
   /**
    * One read of the slot's changes, each line cut at `lineLength` characters: only the key is read,
-   * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise hold 2 000 of them in
-   * memory at once. The first read (`only` null) takes every table; a table whose key a cut line does
+   * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise hold thousands of them
+   * in memory at once (a fetch holds FETCH_CHARS characters at most). The first read (`only` null) takes every table; a table whose key a cut line does
    * not hold is returned, to be read again with longer lines (`only`: those tables).
    */
   async #pass(tx: Sql, slot: string, upto: string, lineLength: number, tables: Map<string, TableInfo>, out: Decoded, kept: { n: number },
     only: Set<string> | null): Promise<Set<string>> {
     const later = new Set<string>();
+    out.passes++;
     const cursor = tx<{ data: string; cut: boolean }[]>`
       SELECT left(data, ${lineLength}) AS data, length(data) > ${lineLength} AS cut
       FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
-      WHERE data LIKE 'table %'`.cursor(2000);
+      WHERE data LIKE 'table %'`.cursor(Math.floor(FETCH_CHARS / lineLength));
     // Past the key limit every table hashes: the rest of the changes are not read.
     decoding: for await (const rows of cursor) {
       if (!only) out.firstRows ||= Date.now();
+      const t0 = performance.now();
       for (const { data, cut } of rows) {
         if (out.overflow) break decoding;
         if (!only) out.changes++;
@@ -190,6 +196,7 @@ export class ChangeLog {
           }
         }
       }
+      out.parseMs += performance.now() - t0;
     }
     return later;
   }
