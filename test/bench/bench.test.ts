@@ -34,6 +34,8 @@ let api: Api | undefined;
 
 afterAll(async () => {
   api?.close();
+  // SIGTERM first: a profiled coordinator writes its profile on a clean exit (stop() kills with SIGKILL).
+  if (profile) await stack?.coordinator?.stop(30_000);
   await stack?.stop();
 });
 
@@ -51,7 +53,11 @@ async function schemaObjects(c: PgCluster, db: string): Promise<string[]> {
 it(`bench at scale ${scale}`, async () => {
   const startedAt = new Date().toISOString();
   const pgcopydbVersion = wanted('pgcopydb') ? ensurePgcopydb() : null;
-  stack = await TestStack.start({ agents: false, pgSettings: PG_SETTINGS });
+  // --profile: the coordinator too, over the whole run (bench/results/profiles/coordinator).
+  const coordinatorEnv = profile
+    ? { NODE_OPTIONS: `--require ${join(repoRoot, 'test', 'bench', 'cpu-prof.cjs')}`, BENCH_CPU_PROF_DIR: join(repoRoot, 'bench', 'results', 'profiles', 'coordinator') }
+    : undefined;
+  stack = await TestStack.start({ agents: false, pgSettings: PG_SETTINGS, coordinatorEnv });
   api = new Api(stack.coordinatorAddress);
   const a = stack.region('a');
   const b = stack.region('b');

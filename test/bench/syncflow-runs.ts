@@ -1,3 +1,5 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { TestStack, PgCluster, ManagedProcess } from '../harness/index.js';
 import { freePort } from '../harness/index.js';
 import type { Api } from '../harness/api.js';
@@ -71,7 +73,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
       seconds: t.started_at && t.finished_at ? (Date.parse(t.finished_at) - Date.parse(t.started_at)) / 1000 : NaN,
     }));
     const notes = [`apply methods: ${[...new Set(tasks.map((t) => `${t.table.replace('public.', '')}=${t.method}`))].join(', ')}`];
-    notes.push(await timeline(api, job, t0));
+    notes.push(await timeline(api, job, t0, process.env.SYNCFLOW_TEST_KEEP_LOGS ? stack.logDir : undefined));
     if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): syncflow sets the empty tables\' secondary indexes and FKs aside for the load and rebuilds them after it (its default), so the end state equals pgcopydb\'s');
     return { wallS, peakRssMb, cpuS, notes, wanBytes: proxy.bytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
   } finally {
@@ -113,12 +115,14 @@ export async function changeOnePercent(source: PgCluster, db: string): Promise<{
 }
 
 /** Where a job's wall time went: before the job (schema copy, connections), planning, the tasks, the finish (index rebuilds, sequences). */
-async function timeline(api: Api, job: pb.Job__Output, t0: number): Promise<string> {
+async function timeline(api: Api, job: pb.Job__Output, t0: number, logDir?: string): Promise<string> {
   const at = (iso: string) => (iso ? Date.parse(iso) : NaN);
   const epoch0 = Date.now() - (performance.now() - t0);
   const starts = job.tasks.map((t) => at(t.started_at)).filter(Number.isFinite);
   const ends = job.tasks.map((t) => at(t.finished_at)).filter(Number.isFinite);
   const logs = await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id });
+  // The job's own log, for reading where a job's time went (with SYNCFLOW_TEST_KEEP_LOGS).
+  if (logDir) await writeFile(join(logDir, `job-${job.id}.log`), logs.entries.map((e) => `${e.at} ${e.level} ${e.task_id} ${e.message}`).join('\n'));
   const finalized = logs.entries.find((e) => e.message.startsWith('finalized target'));
   const s = (a: number, b: number) => ((b - a) / 1000).toFixed(1);
   const perTable = new Map<string, number>();
