@@ -41,6 +41,17 @@ export class EventConsumer {
     });
   }
 
+  /**
+   * Moves the job on after an event, without holding the event stream: advance runs one at a time per
+   * job, and one call may wait for a finalize of many seconds. An event handler waiting for it held up
+   * every job's events past the consumer's ack wait (30 s), and JetStream delivered the event again:
+   * a task's final "failed", applied again after a `dlq retry` had queued the task anew, failed it again.
+   * The runner retries a failed advance itself; a coordinator restart advances every running job.
+   */
+  #advance(jobId: string): void {
+    this.runner.advance(jobId).catch((e) => this.log.warn({ job: jobId, err: scrubSecrets((e as Error).message) }, 'advancing the job after an event failed'));
+  }
+
   /** Jobs this control DB has (jobs are never deleted): an event's job is looked up once, not per event. */
   readonly #known = new Set<string>();
 
@@ -65,7 +76,7 @@ export class EventConsumer {
         if (await this.jobs.finishTask(e.task_id, { rows: e.rows, bytes: e.bytes, batches: e.batches, inserted: e.inserted, updated: e.updated, marked_for_delete: e.marked_for_delete })) {
           await this.jobs.log(e.job_id, e.task_id, 'info', `done: ${e.rows} rows read, ${e.inserted} inserted, ${e.updated} updated, ${e.marked_for_delete} marked for delete, ${e.duplicates} duplicate batch(es) skipped`);
         }
-        await this.runner.advance(e.job_id);
+        this.#advance(e.job_id);
         break;
       case 'failed': {
         const msg = scrubSecrets(`${e.error.code}: ${e.error.message}`);
@@ -76,7 +87,7 @@ export class EventConsumer {
           if (await this.jobs.moveTask(e.task_id, 'failed', { error: msg, attempts: e.delivery })) {
             await this.jobs.log(e.job_id, e.task_id, 'error', `failed for good (attempt ${e.delivery}), sent to the dead-letter stream: ${msg}`);
           }
-          await this.runner.advance(e.job_id);
+          this.#advance(e.job_id);
         } else {
           await this.jobs.log(e.job_id, e.task_id, 'warn', `attempt ${e.delivery} failed, will retry: ${msg}`);
         }
@@ -86,7 +97,7 @@ export class EventConsumer {
         if (await this.rel.deadLetters.pausedTaskStopped(e.task_id)) {
           await this.jobs.log(e.job_id, e.task_id, 'info', `paused on agent ${e.agent_id} after the last committed batch; resumes from its checkpoint`);
         }
-        await this.runner.advance(e.job_id); // resumed meanwhile: republish it now
+        this.#advance(e.job_id); // resumed meanwhile: republish it now
         break;
     }
   }
