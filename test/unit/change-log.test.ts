@@ -71,6 +71,13 @@ describe('the keys of a task (integer keys, without a round trip)', () => {
     expect(mixed.between(null, null)).toEqual([['-9223372036854775808'], ['0'], ['999999999999999'], ['9007199254740992'], ['9007199254740993']]);
     expect(mixed.between(['9007199254740992'], null)).toEqual([['9007199254740993']]);
   });
+  it('parses a list once, for the types it was asked with', () => {
+    const list = [['2', '1'], ['1', '1']];
+    const once = IntegerKeys.of([int8, int4], list);
+    expect(IntegerKeys.of([int8, int4], list)).toBe(once);
+    expect(IntegerKeys.of([{ schema: 'pg_catalog', name: 'text' }, int4], list)).toBeUndefined();
+    expect(IntegerKeys.of([int8, int4], list)!.between(null, null)).toEqual([['1', '1'], ['2', '1']]);
+  });
   it('leaves other key types, and values that are not plain integers, to the database', () => {
     expect(IntegerKeys.of([{ schema: 'pg_catalog', name: 'text' }], [['a']])).toBeUndefined();
     expect(IntegerKeys.of([{ schema: 'public', name: 'int8' }], [['1']])).toBeUndefined();

@@ -166,7 +166,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   const keys = spec.diff?.filter.keys;
   if (spec.diff && keys) {
     // Diff re-sync from tracked changes: only the changed keys can be missing from the source.
-    const ints = (spec.diff.integerKeys ??= IntegerKeys.of(k.types, keys) ?? null)?.between(lowerKey, upperKey);
+    const ints = IntegerKeys.of(k.types, keys)?.between(lowerKey, upperKey);
     if (ints?.length === 0) return 0;
     from = keysFrom(tx, spec, k, ints ?? keys, 't', ints ? {} : { after: lowerKey, upto: upperKey }, withStage ? 'sf_stage' : undefined);
   } else {

@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
 import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
-import type { IntegerKeys } from '../read/keys.js';
 import type { UndoTarget } from './undo.js';
 
 /**
@@ -50,8 +49,6 @@ export interface TaskFilter {
   filter: BucketFilter; wire: WireFilter; digest: string;
   /** The hashed columns' types in this database, looked up once per stream (filterTypes). */
   types?: ReadonlyMap<string, string>;
-  /** A filter of integer keys, parsed once per stream (null: other key types); the marks cut it by range (apply/batch.ts). */
-  integerKeys?: IntegerKeys | null;
 }
 
 /** The types of the filter's hashed columns (the bucket hash calls their type's hash function). */

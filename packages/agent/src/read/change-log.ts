@@ -77,7 +77,7 @@ export class ChangeLog {
 
   /**
    * Settles once the decodes running now have ended, or after `maxMs`. A table that hashes both sides
-   * waits for it before it starts: every tracked table of the job waits for the decode, and a hash
+   * waits for it before it scans on this side: every tracked table of the job waits for the decode, and a hash
    * scan beside it (the agent's one thread summing digests, the source database scanning) slowed the
    * decode by half in the bench; a keyless table rarely holds up the job's end.
    */
@@ -144,12 +144,14 @@ export class ChangeLog {
   /**
    * One read of the slot's changes, each line cut at `lineLength` characters: only the key is read,
    * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise hold thousands of them
-   * in memory at once (a fetch holds FETCH_CHARS characters at most). The first read (`only` null) takes every table; a table whose key a cut line does
-   * not hold is returned, to be read again with longer lines (`only`: those tables).
+   * in memory at once (a fetch holds FETCH_CHARS characters at most). The first read (`only` null)
+   * takes every table; a table whose key a cut line does not hold is returned, to be read again with
+   * longer lines (`only`: those tables).
    */
   async #pass(tx: Sql, slot: string, upto: string, lineLength: number, tables: Map<string, TableInfo>, out: Decoded, kept: { n: number },
     only: Set<string> | null): Promise<Set<string>> {
     const later = new Set<string>();
+    const keyOf = (schema: string, table: string) => tables.get(tableKey(schema, table))?.key ?? null;
     out.passes++;
     const cursor = tx<{ data: string; cut: boolean }[]>`
       SELECT left(data, ${lineLength}) AS data, length(data) > ${lineLength} AS cut
@@ -162,7 +164,7 @@ export class ChangeLog {
       for (const { data, cut } of rows) {
         if (out.overflow) break decoding;
         if (!only) out.changes++;
-        const change = parseChange(data, cut, (schema, table) => tables.get(tableKey(schema, table))?.key ?? null);
+        const change = parseChange(data, cut, keyOf);
         for (const name of change.tables) {
           // A partition's changes count for the partitioned table the tasks sync. A table missing from
           // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
@@ -236,7 +238,7 @@ const malformed = (line: string, why: string) => new Error(`unexpected test_deco
 
 /**
  * Parses one test_decoding line that starts with `table `. Row values come back as their text forms
- * (type output functions). `cut`: the line was cut short (MAX_LINE); its tuple holds the columns
+ * (type output functions). `cut`: the line was cut short (FIRST_LINE, MAX_LINE); its tuple holds the columns
  * printed whole before the cut, and the value the cut may have shortened is left out. `keyOf`: the
  * key columns of a table (null: none); the row's tuple is read only until it holds them all (keys
  * usually come first: the rest of a wide row is not parsed).

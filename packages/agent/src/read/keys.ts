@@ -72,6 +72,9 @@ function compareTuples(a: readonly Int[], b: readonly Int[]): number {
   return 0;
 }
 
+/** Key lists parsed by IntegerKeys.of, with the key types they were parsed for. */
+const parsed = new WeakMap<readonly (string | null)[][], { types: string; keys: IntegerKeys | undefined }>();
+
 /**
  * Keys of integer columns (the common case), parsed once, each distinct value once, in key order:
  * range slices come by binary search in JS, without a round trip. Other key types order by the
@@ -81,7 +84,20 @@ function compareTuples(a: readonly Int[], b: readonly Int[]): number {
 export class IntegerKeys {
   private constructor(private readonly sorted: readonly Int[][]) {}
 
+  /**
+   * The keys of a list, parsed once per list (key lists are never changed once made: a table's parts on
+   * the source share the change log's list, a stream on the target keeps its filter's for every batch).
+   */
   static of(types: readonly { schema: string; name: string }[], keys: readonly (string | null)[][]): IntegerKeys | undefined {
+    const sig = types.map((t) => `${t.schema}.${t.name}`).join(',');
+    const hit = parsed.get(keys);
+    if (hit?.types === sig) return hit.keys;
+    const out = IntegerKeys.#parse(types, keys);
+    parsed.set(keys, { types: sig, keys: out });
+    return out;
+  }
+
+  static #parse(types: readonly { schema: string; name: string }[], keys: readonly (string | null)[][]): IntegerKeys | undefined {
     if (!types.every((t) => t.schema === 'pg_catalog' && INTEGER_TYPES.has(t.name))) return undefined;
     const seen = new Map<string, Int[]>();
     for (const k of keys) {

@@ -77,14 +77,6 @@ export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentS
   return { ...d, note: `${d.note} (tracked changes not usable: ${found.unusable})` };
 }
 
-/** A table's changed keys parsed as integers once, for all its parts (the change log hands them one list per table). */
-const integerKeys = new WeakMap<readonly (string | null)[][], IntegerKeys | null>();
-function integerKeysOf(task: TaskMessage, keys: readonly (string | null)[][]): IntegerKeys | undefined {
-  let ints = integerKeys.get(keys);
-  if (ints === undefined) integerKeys.set(keys, ints = IntegerKeys.of(task.key_types, keys) ?? null);
-  return ints ?? undefined;
-}
-
 /**
  * The keys changed since the table's last sync that fall into this task's key range, typed from
  * their text forms (pinned, as decoded) and back, so equal values are listed once in one form: the
@@ -93,7 +85,7 @@ function integerKeysOf(task: TaskMessage, keys: readonly (string | null)[][]): I
  */
 async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][], log: Logger): Promise<DiffDecision> {
   const t0 = Date.now();
-  const inRange = !keys.length ? [] : integerKeysOf(task, keys)?.between(task.range?.after, task.range?.upto) ?? await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
+  const inRange = !keys.length ? [] : IntegerKeys.of(task.key_types, keys)?.between(task.range?.after, task.range?.upto) ?? await sql.begin(async (txAny) => withPinnedTextForms(txAny as unknown as Sql, async () => {
     const tx = txAny as unknown as Sql;
     const key = { columns: task.key_columns, types: task.key_types };
     const rows = await tx<{ k: string[] }[]>`
