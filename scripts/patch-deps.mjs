@@ -23,6 +23,12 @@ const edits = [
   ['clearImmediate(nextWriteTimer)\n    if (socket) {', 'clearImmediate(nextWriteTimer)\n    chunk = nextWriteTimer = null\n    if (socket) {'],
   ['clearImmediate(nextWriteTimer)\n    socket.removeListener', 'clearImmediate(nextWriteTimer)\n    chunk = nextWriteTimer = null\n    socket.removeListener'],
 ];
+// A query in flight when the server ends its connection (a restart's 57P01) leaves that error behind
+// (`errorResponse` is not cleared when the socket closes), and the connection, once reconnected,
+// fails its first query with it (porsager/postgres#1223, same root): after a restart of a target
+// database each pooled connection failed one later query, e.g. a finalize retried with backoff
+// failed up to the pool's size in a row (seen: a job waiting >150 s). The close forgets it.
+edits.push(['async function closed(hadError) {\n    incoming = Buffer.alloc(0)', 'async function closed(hadError) {\n    incoming = Buffer.alloc(0)\n    errorResponse = null']);
 // TCP_NODELAY on every connection (postgres.js sets none): it writes a COPY's data and its CopyDone
 // separately, and with Nagle's algorithm the second waits for the server's delayed ACK (~40 ms on
 // Linux), twice per COPY; measured, a 200,000-row apply in 4,000-row batches took 17-20 s with Nagle
@@ -163,7 +169,7 @@ for (const file of ['src/connection.js', 'cjs/src/connection.js']) {
   for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
   if (text === before) continue;
   writeFileSync(path, text);
-  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, TCP_NODELAY, COPY in/out without per-row or per-chunk copies)`);
+  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, stale errors after a close, TCP_NODELAY, COPY in/out without per-row or per-chunk copies)`);
 }
 
 function replaceOnce(text, from, to, file) {

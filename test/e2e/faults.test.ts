@@ -62,7 +62,9 @@ async function finish(db: string, jobId: string, timeoutMs = 300_000): Promise<p
   return api.waitJob(jobId, timeoutMs).catch(async (e) => {
     const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
     const logs = await stack.cli(['job', 'logs', jobId]);
-    throw new Error(`${(e as Error).message}\ntasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\nlogs: ${stack.logDir}`);
+    // The coordinator's warnings and errors: the process logs go with the stack at the end of the file.
+    const warnings = stack.coordinator!.logs().split('\n').filter((l) => /"level":[456]0/.test(l)).slice(-30).join('\n');
+    throw new Error(`${(e as Error).message}\ntasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\ncoordinator:\n${warnings}\nlogs: ${stack.logDir}`);
   });
 }
 

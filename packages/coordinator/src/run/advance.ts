@@ -52,7 +52,8 @@ function largestFirst(tasks: TaskRow[], plan: JobRow['plan']): TaskRow[] {
  */
 export class JobRunner {
   readonly #chains = new Map<string, Promise<void>>();
-  readonly #failures = new Map<string, number>();
+  /** Per job: failed advances in a row, and the last error said in the job's log. */
+  readonly #failures = new Map<string, { n: number; said: string }>();
   /** Per job: tables whose early index rebuild was asked for (#rebuildLoaded). */
   readonly #rebuilt = new Map<string, Set<string>>();
   /** Jobs whose later levels' diffs were handed to a source agent (#prepareDiffs). */
@@ -72,15 +73,17 @@ export class JobRunner {
         return;
       }
       // e.g. the agent picked for FinalizeTarget just died: try again, or the job would wait for an event that never comes.
-      const n = (this.#failures.get(jobId) ?? 0) + 1;
-      this.#failures.set(jobId, n);
-      const delay = Math.min(30_000, 500 * 2 ** Math.min(n, 6));
-      this.d.log.warn({ job: jobId, err: scrubSecrets((e as Error).message), retry_in_ms: delay }, 'advancing job failed; will try again');
-      // Said in the job's log too (first time, then every 10th), so a job waiting e.g. for an agent of a group that is
-      // all down is visibly waiting, not silently stuck; the job timeout still bounds it.
-      if (n % 10 === 1) {
-        await this.d.jobs.log(jobId, null, 'warn', `waiting to advance the job (attempt ${n}, next in ${Math.round(delay / 1000)} s): ${scrubSecrets(err.message)}`).catch(() => undefined);
-      }
+      const message = scrubSecrets(err.message);
+      const last = this.#failures.get(jobId);
+      const n = (last?.n ?? 0) + 1;
+      const delay = Math.min(15_000, 500 * 2 ** Math.min(n, 5));
+      this.d.log.warn({ job: jobId, err: message, retry_in_ms: delay }, 'advancing job failed; will try again');
+      // Said in the job's log too (the first time, when the reason changes, and every 10th), so a job
+      // waiting e.g. for an agent of a group that is all down is visibly waiting, not silently stuck;
+      // the job timeout still bounds it.
+      const say = n % 10 === 1 || message !== last?.said;
+      this.#failures.set(jobId, { n, said: say ? message : last!.said });
+      if (say) await this.d.jobs.log(jobId, null, 'warn', `waiting to advance the job (attempt ${n}, next in ${Math.round(delay / 1000)} s): ${message}`).catch(() => undefined);
       setTimeout(() => void this.advance(jobId), delay).unref();
     });
     this.#chains.set(jobId, next);

@@ -1,0 +1,41 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createPool, type Sql } from '../../packages/shared/src/index.js';
+import { PgCluster } from '../harness/index.js';
+
+/**
+ * The agents' pool across a restart of its database (scripts/patch-deps.mjs): queries in flight when
+ * the server ends their connections fail, and afterwards every connection of the pool, reconnected,
+ * answers. Unpatched, postgres.js kept each connection's 57P01 and failed its first later query with
+ * it, one stale failure per connection (a finalize retried with backoff waited minutes).
+ */
+const MAX = 4;
+let pg: PgCluster;
+let sql: Sql;
+
+beforeAll(async () => {
+  pg = await PgCluster.start({ name: 'pool-restart' });
+  sql = createPool(pg.url('postgres'), { max: MAX, applicationName: 'syncflow-test-pool' });
+});
+
+afterAll(async () => {
+  await sql?.end({ timeout: 1 }).catch(() => undefined);
+  await pg?.destroy();
+});
+
+it('after a restart of the database no pooled connection fails a query with an error of before the restart', async () => {
+  const inFlight = Array.from({ length: MAX }, () => sql`SELECT pg_sleep(30)`.then(() => 'answered', (e: { code?: string }) => e.code ?? 'error'));
+  await expect.poll(async () => {
+    const [r] = await pg.sql()<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'syncflow-test-pool' AND state = 'active'`;
+    return r!.n;
+  }, { timeout: 10_000 }).toBe(MAX);
+  await pg.stop();
+  expect(new Set(await Promise.all(inFlight))).not.toContain('answered');
+  await pg.start();
+  // Sequential queries land on the pool's connections in turn; concurrent ones on all of them at once.
+  const failures: string[] = [];
+  for (let i = 0; i < 2 * MAX; i++) await sql`SELECT 1`.catch((e: { code?: string }) => failures.push(e.code ?? 'error'));
+  for (const r of await Promise.allSettled(Array.from({ length: MAX }, () => sql`SELECT pg_sleep(0.05)`))) {
+    if (r.status === 'rejected') failures.push((r.reason as { code?: string }).code ?? 'error');
+  }
+  expect(failures).toEqual([]);
+});
