@@ -67,12 +67,14 @@ describe('indexes and foreign keys of an initial load', () => {
     expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
     expect(await definitions(b)).toEqual(before);
     expect(diffHashes(await databaseHashes(a.sql('lib')), await databaseHashes(b.sql('lib')))).toEqual([]);
-    // 3 indexes set aside and rebuilt: early for a table whose load is done while another still loads
-    // (that line is written in the background, just after the rebuild), or by the finalize.
+    // 7 indexes set aside and rebuilt: the 3 secondary ones, the three primary keys and authors' unique
+    // email (keys too: nothing outside the load references them); early for a table whose load is done
+    // while another still loads (that line is written in the background, just after the rebuild), or by
+    // the finalize.
     const rebuilt = async () => (await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id })).entries
       .map((e) => /^(\d+) index\(es\) rebuilt|: \d+ row\(s\) deleted, (\d+) index\(es\) rebuilt/.exec(e.message))
       .reduce((n, m) => n + Number(m?.[1] ?? m?.[2] ?? 0), 0);
-    await waitFor(async () => (await rebuilt()) === 3, { what: '3 indexes rebuilt in the job log', timeoutMs: 10_000 });
+    await waitFor(async () => (await rebuilt()) === 7, { what: '7 indexes rebuilt in the job log', timeoutMs: 10_000 });
     // The one foreign key (books -> authors): validated early, once books and authors were both loaded, or by the finalize.
     const fks = async () => (await api.call<pb.JobLogs__Output>('GetJobLogs', { id: job.id })).entries
       .map((e) => /rebuilt and (\d+) foreign key\(s\) validated while|(\d+) constraint\(s\) restored/.exec(e.message))
@@ -102,6 +104,24 @@ describe('indexes and foreign keys of an initial load', () => {
     expect(n).toBe(1);
     await a.exec('lib', 'DROP TABLE notes;');
     await b.exec('lib', 'DROP TABLE notes;');
+  });
+
+  it('leave in place a key that a table outside the load references, and set aside the others', async () => {
+    // reviews is on the target only (not synced): its foreign key needs books_pkey all along.
+    await b.exec('lib', 'TRUNCATE books, authors; CREATE TABLE reviews (id int PRIMARY KEY, book_id int REFERENCES books(id));');
+    const before = await definitions(b);
+    const oid = async (name: string) => (await b.sql('lib')<{ oid: string }[]>`SELECT oid::text FROM pg_constraint WHERE conname = ${name}`)[0]?.oid;
+    const [books, authors] = [await oid('books_pkey'), await oid('authors_pkey')];
+    const job = await api.call<pb.Job__Output>('StartSync', { from: 'a', to: 'b' });
+    const done = await api.waitJob(job.id);
+    expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
+    expect(await definitions(b)).toEqual(before);
+    expect(await oid('books_pkey'), 'never dropped').toBe(books);
+    expect(await oid('authors_pkey'), 'set aside and rebuilt').not.toBe(authors);
+    const target = await databaseHashes(b.sql('lib'));
+    target.delete('public.reviews');
+    expect(diffHashes(await databaseHashes(a.sql('lib')), target)).toEqual([]);
+    await b.exec('lib', 'DROP TABLE reviews;');
   });
 
   it('stay in place with keep_indexes', async () => {

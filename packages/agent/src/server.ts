@@ -55,10 +55,11 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     RestoreIndexes: traced('restore indexes', async (req: pb.RestoreIndexesRequest__Output) => {
       const { sql } = conn(req.connection);
       if (!req.job_id) throw invalidArgument('job_id is required');
-      // Foreign keys first (their validation does not read the child's secondary indexes, and it is the
-      // shorter work), then the indexes one at a time: the other tables of the load still use the cores.
-      const fks = req.fk_tables.length ? await restoreConstraints(sql, req.job_id, log, [], req.fk_tables) : { restored: 0 };
-      const indexes = req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0;
+      // Foreign keys first, after the keys they reference (their validation does not read the child's
+      // secondary indexes, and it is the shorter work), then the indexes one at a time: the other tables
+      // of the load still use the cores.
+      const fks = req.fk_tables.length ? await restoreConstraints(sql, req.job_id, log, [], req.fk_tables) : { restored: 0, keys: 0 };
+      const indexes = fks.keys + (req.tables.length ? await restoreIndexes(sql, req.job_id, 1, log, req.tables) : 0);
       // Statistics for the loaded tables, as pgcopydb's VACUUM ANALYZE leaves them: without them the
       // planner guesses (autovacuum may be late or off), e.g. for the next re-sync's upserts.
       for (const t of req.tables) await analyzeTable(sql, t.schema, t.name, log);

@@ -23,6 +23,17 @@ export function identList(sql: Sql, names: readonly string[], prefix?: string) {
   return sql.unsafe(names.map((n) => p + quoteIdent(n)).join(', '));
 }
 
+/**
+ * Adds a column that a table of an older version lacks: looked up in the catalog first, because
+ * ALTER TABLE, even one that changes nothing (ADD COLUMN IF NOT EXISTS), takes an exclusive lock that
+ * waits for every transaction using the table and holds up every one behind it. `type` is fixed DDL text.
+ */
+export async function addColumnIfMissing(sql: Sql, schema: string, table: string, column: string, type: string): Promise<void> {
+  const [has] = await sql`SELECT 1 FROM pg_attribute
+    WHERE attrelid = format('%I.%I', ${schema}::text, ${table}::text)::regclass AND attname = ${column} AND NOT attisdropped`;
+  if (!has) await sql`ALTER TABLE ${ident(sql, schema, table)} ADD COLUMN ${ident(sql, column)} ${sql.unsafe(type)}`;
+}
+
 export interface PoolOptions {
   max: number;
   idleTimeoutS?: number;

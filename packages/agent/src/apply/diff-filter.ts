@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { ident, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
+import { ident, addColumnIfMissing, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
 import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
@@ -20,11 +20,8 @@ export async function ensureDiffSchema(tx: Sql): Promise<void> {
     keys bytea NOT NULL DEFAULT '',                  -- tracked changes: deflated JSON of the keys (fine_bits 0)
     at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, task_id))`;
-  // Targets set up before tracked changes have no keys column yet. Looked up first: ALTER TABLE, even
-  // one that changes nothing, takes an exclusive lock that waits for every batch in flight (this runs
-  // at every stream's start) and holds up every batch behind it.
-  const [has] = await tx`SELECT 1 FROM pg_attribute WHERE attrelid = 'syncflow.diff_filters'::regclass AND attname = 'keys' AND NOT attisdropped`;
-  if (!has) await tx`ALTER TABLE syncflow.diff_filters ADD COLUMN keys bytea NOT NULL DEFAULT ''`;
+  // Targets set up before tracked changes have no keys column yet (this runs at every stream's start).
+  await addColumnIfMissing(tx, 'syncflow', 'diff_filters', 'keys', "bytea NOT NULL DEFAULT ''");
 }
 
 type WireFilter = { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer };

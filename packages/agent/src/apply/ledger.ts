@@ -1,10 +1,10 @@
-import type { Sql } from '@syncflow/shared';
+import { addColumnIfMissing, type Sql } from '@syncflow/shared';
 import { ensureSafetySchema } from './undo.js';
 import { ensureDiffSchema } from './diff-filter.js';
 
 /**
  * The syncflow schema on every target: the ledger that makes apply exactly-once, the keys that
- * mirror mode deletes at the end, and the constraints set aside during a load (kept in the target
+ * mirror mode deletes at the end, and the constraints and indexes set aside during a load (kept in the target
  * itself, in the same transaction as the DROP, so a crash can never lose a definition).
  */
 export async function ensureTargetSchema(sql: Sql): Promise<void> {
@@ -28,6 +28,12 @@ export async function ensureTargetSchema(sql: Sql): Promise<void> {
       job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL, name text NOT NULL, definition text NOT NULL,
       deferred_at timestamptz NOT NULL DEFAULT now(),
       PRIMARY KEY (schema_name, name))`;
+    // A primary key or unique constraint set aside with its index (its pg_get_constraintdef; NULL for a plain index),
+    // and the table a foreign key set aside references (its key is rebuilt before the foreign key is added back).
+    const t = tx as unknown as Sql;
+    await addColumnIfMissing(t, 'syncflow', 'deferred_indexes', 'constraint_def', 'text');
+    await addColumnIfMissing(t, 'syncflow', 'deferred_constraints', 'ref_schema', 'text');
+    await addColumnIfMissing(t, 'syncflow', 'deferred_constraints', 'ref_table', 'text');
     await ensureSafetySchema(tx as unknown as Sql);
     await ensureDiffSchema(tx as unknown as Sql);
   });

@@ -1,7 +1,7 @@
 import { ident, toSyncflowError, type Sql, type Logger, type pb } from '@syncflow/shared';
 import { ensureTargetSchema } from './ledger.js';
 import { joinFragments } from '../read/keys.js';
-import { deferIndexes, restoreIndexes } from './defer-indexes.js';
+import { deferIndexes, restoreIndexes, constraintOf } from './defer-indexes.js';
 import { registerUndoTable, keyTextArray } from './undo.js';
 
 /**
@@ -18,13 +18,14 @@ export async function prepareTarget(sql: Sql, req: pb.PrepareTargetRequest__Outp
   for (const fk of defer) {
     await sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
-      const [c] = await tx<{ definition: string }[]>`
-        SELECT pg_get_constraintdef(c.oid) AS definition
+      const [c] = await tx<{ definition: string; ref_schema: string; ref_table: string }[]>`
+        SELECT pg_get_constraintdef(c.oid) AS definition, pn.nspname AS ref_schema, p.relname AS ref_table
         FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+        JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
         WHERE n.nspname = ${fk.schema} AND r.relname = ${fk.table} AND c.conname = ${fk.name} AND c.contype = 'f'`;
       if (!c) return; // already set aside (a retried prepare), or the target never had it
-      await tx`INSERT INTO syncflow.deferred_constraints (job_id, schema_name, table_name, name, definition)
-               VALUES (${jobId}, ${fk.schema}, ${fk.table}, ${fk.name}, ${c.definition}) ON CONFLICT DO NOTHING`;
+      await tx`INSERT INTO syncflow.deferred_constraints (job_id, schema_name, table_name, name, definition, ref_schema, ref_table)
+               VALUES (${jobId}, ${fk.schema}, ${fk.table}, ${fk.name}, ${c.definition}, ${c.ref_schema}, ${c.ref_table}) ON CONFLICT DO NOTHING`;
       await tx`ALTER TABLE ${ident(tx, fk.schema, fk.table)} DROP CONSTRAINT ${ident(tx, fk.name)}`;
       deferred++;
     });
@@ -35,12 +36,15 @@ export async function prepareTarget(sql: Sql, req: pb.PrepareTargetRequest__Outp
 }
 
 /**
- * Ends a job on the target: mirror deletes (in the given order: children before parents),
- * constraints set aside restored (added NOT VALID at once, so they guard new writes, then
+ * Ends a job on the target: indexes and keys set aside rebuilt, mirror deletes (in the given order:
+ * children before parents), constraints set aside restored (added NOT VALID at once, so they guard new writes, then
  * validated), sequences set to the source's values. Each step is idempotent.
  */
 export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Output, log: Logger): Promise<pb.TargetReply> {
   let rowsDeleted = 0;
+  // Indexes set aside first (keys included): foreign keys need the keys they reference, the deletes
+  // find their rows through them, and validating the foreign keys reads through them.
+  const indexesRestored = await restoreIndexes(sql, req.job_id, PARALLEL_JOBS, log);
   // --create-missing: indexes and foreign keys of the tables created for this job, after their data.
   for (const stmt of req.post_ddl) {
     // DDL text built by the source agent from its catalog (pg_get_indexdef / pg_get_constraintdef), not user input.
@@ -66,9 +70,7 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     });
     rowsDeleted += r;
   }
-  // Indexes first: validating the foreign keys then reads through them.
-  const indexesRestored = await restoreIndexes(sql, req.job_id, PARALLEL_JOBS, log);
-  const { restored, held } = await restoreConstraints(sql, req.job_id, log, req.unfinished);
+  const { restored, held } = await restoreConstraints(sql, req.job_id, log, req.unfinished); // (their keys: rebuilt above)
   let sequencesSet = 0;
   for (const s of req.sequences) {
     await rememberSequence(sql, req.job_id, s.schema, s.name);
@@ -120,11 +122,15 @@ function keyCompareColumns(sql: Sql, key: { columns: string[]; types: { schema: 
  * `job retry` validates it. One that was NOT VALID before the job comes back NOT VALID.
  */
 export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, unfinished: readonly pb.TableRef__Output[] = [],
-  only?: readonly pb.TableRef__Output[]): Promise<{ restored: number; held: number }> {
-  const all = await sql<{ schema_name: string; table_name: string; name: string; definition: string }[]>`
-    SELECT schema_name, table_name, name, definition FROM syncflow.deferred_constraints WHERE job_id = ${jobId} ORDER BY deferred_at, name`;
+  only?: readonly pb.TableRef__Output[]): Promise<{ restored: number; held: number; keys: number }> {
+  const all = await sql<{ schema_name: string; table_name: string; name: string; definition: string; ref_schema: string | null; ref_table: string | null }[]>`
+    SELECT schema_name, table_name, name, definition, ref_schema, ref_table FROM syncflow.deferred_constraints WHERE job_id = ${jobId} ORDER BY deferred_at, name`;
   // `only`: the early restore of tables loaded with their parents, while the rest of the job loads.
   const rows = only ? all.filter((c) => only.some((t) => t.schema === c.schema_name && t.name === c.table_name)) : all;
+  // A foreign key needs the key it references: a referenced table loaded by the job gets its primary
+  // key or unique constraint back first (waiting for an overlapping rebuild of it, if any).
+  const refs = new Map(rows.filter((c) => c.ref_schema !== null && c.ref_table !== null).map((c) => [`${c.ref_schema}.${c.ref_table}`, { schema: c.ref_schema!, name: c.ref_table! }]));
+  const keys = refs.size ? await restoreIndexes(sql, jobId, 1, log, [...refs.values()], true) : 0;
   const added: { c: typeof rows[number]; parent: string | null }[] = [];
   for (const c of rows) {
     const one = await sql.begin(async (txAny) => {
@@ -165,10 +171,7 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
           throw toSyncflowError(e, `restoring constraint ${c.name} on ${c.schema_name}.${c.table_name}: it is back (NOT VALID, enforced for new rows) but not validated`);
         }
       }
-      const [now] = await sql<{ d: string }[]>`
-        SELECT pg_get_constraintdef(co.oid) AS d FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace ns ON ns.oid = r.relnamespace
-        WHERE ns.nspname = ${c.schema_name} AND r.relname = ${c.table_name} AND co.conname = ${c.name}`;
-      if (now?.d !== c.definition) {
+      if (await constraintOf(sql, c.schema_name, c.table_name, c.name) !== c.definition) {
         throw toSyncflowError(new Error(`constraint ${c.name} on ${c.schema_name}.${c.table_name} differs from the definition it had before the load`), 'restoring constraints');
       }
       // Counted by whoever forgets it (an early restore and the finalize may both have validated it).
@@ -178,7 +181,7 @@ export async function restoreConstraints(sql: Sql, jobId: string, log: Logger, u
     }
   };
   await Promise.all(Array.from({ length: Math.min(PARALLEL_JOBS, added.length) }, worker));
-  return { restored, held };
+  return { restored, held, keys };
 }
 
 /** pg_get_constraintdef()'s mark of a constraint not validated. */
