@@ -64,6 +64,11 @@ export async function restoreIndexes(sql: Sql, jobId: string, parallel: number, 
         const [saved] = await tx<{ definition: string; constraint_def: string | null }[]>`
           SELECT definition, constraint_def FROM syncflow.deferred_indexes WHERE schema_name = ${i.schema_name} AND table_name = ${i.table_name} AND name = ${i.name} FOR UPDATE`;
         if (!saved) return false; // rebuilt meanwhile by an overlapping call
+        // A key is built, then put on its table, which needs the strongest lock: taken in a mode that
+        // excludes every other index build and foreign key on the table first, so that two such
+        // upgrades (a primary key and a unique constraint of one table, rebuilt side by side) can
+        // never each hold the table while waiting for the other (seen: "deadlock detected").
+        if (saved.constraint_def) await tx`LOCK TABLE ${ident(tx, i.schema_name, i.table_name)} IN SHARE ROW EXCLUSIVE MODE`;
         // pg_get_indexdef() output read from this same database: DDL text, not user input.
         if (await definitionOf(tx, i.schema_name, i.name) === null) await tx.unsafe(saved.definition);
         if (saved.constraint_def && await constraintOf(tx, i.schema_name, i.table_name, i.name) === null) {
