@@ -73,37 +73,49 @@ export class RssSampler {
 
 const CLK_TCK = 100; // Linux USER_HZ (getconf CLK_TCK) on every platform Node supports
 
-/**
- * CPU seconds (user + system) used by `pid` and its live descendants, plus the children it has
- * already reaped (cutime/cstime): for a postmaster, the backends that came and went.
- */
-export function treeCpuSeconds(pid: number): number {
-  let ticks = 0;
+/** CPU ticks (user + system) of each live process of `pid`'s tree, and those of the children `pid` has reaped (cutime/cstime). */
+interface TreeCpu { live: Map<number, number>; reaped: number }
+
+function treeCpu(pid: number): TreeCpu {
+  const live = new Map<number, number>();
+  let reaped = 0;
   for (const p of processTree(pid)) {
     try {
       const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       // fields after the comm: [0]=state ... [11]=utime [12]=stime [13]=cutime [14]=cstime
-      ticks += Number(f[11]) + Number(f[12]);
-      if (p === pid) ticks += Number(f[13]) + Number(f[14]);
+      live.set(p, Number(f[11]) + Number(f[12]));
+      if (p === pid) reaped = Number(f[13]) + Number(f[14]);
     } catch {
       // vanished
     }
   }
-  return ticks / CLK_TCK;
+  return { live, reaped };
 }
 
-/** CPU seconds per label between start() and stop(): where a run's CPU went. */
+/**
+ * CPU seconds per label between start() and stop(): where a run's CPU went. A label's root is e.g. a
+ * postmaster: its backends come and go. The CPU of a process that ends within the window reaches its
+ * parent's cutime whole, including what it used before the window (an earlier run's idle pool
+ * connection closing now): that earlier part, known from start(), is taken off again.
+ */
 export class CpuMeter {
-  private readonly base = new Map<string, number>();
+  private readonly base = new Map<string, TreeCpu>();
   constructor(private readonly roots: () => Record<string, number>) {}
   start(): this {
-    for (const [label, pid] of Object.entries(this.roots())) this.base.set(label, treeCpuSeconds(pid));
+    for (const [label, pid] of Object.entries(this.roots())) this.base.set(label, treeCpu(pid));
     return this;
   }
   stop(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [label, pid] of Object.entries(this.roots())) out[label] = Math.round((treeCpuSeconds(pid) - (this.base.get(label) ?? 0)) * 10) / 10;
+    for (const [label, pid] of Object.entries(this.roots())) {
+      const was = this.base.get(label) ?? { live: new Map<number, number>(), reaped: 0 };
+      const now = treeCpu(pid);
+      let ticks = now.reaped - was.reaped;
+      for (const [p, t] of now.live) ticks += t - (was.live.get(p) ?? 0);
+      for (const [p, t] of was.live) if (!now.live.has(p)) ticks -= t;
+      out[label] = Math.round((ticks / CLK_TCK) * 10) / 10;
+    }
     return out;
   }
 }
