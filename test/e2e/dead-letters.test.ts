@@ -4,7 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestStack, freePort, sleep, waitFor, type PgCluster } from '../harness/index.js';
 import { Api } from '../harness/api.js';
 import { loadSource, createTarget, expectSame, SMALL } from '../fixtures/reliability.js';
-import type { pb } from '../../packages/shared/src/index.js';
+import { connect } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { names, publishEvent, type pb } from '../../packages/shared/src/index.js';
 
 /**
  * Per-table recovery and dead letters: one table fails for good (a CHECK constraint only the target
@@ -120,8 +122,18 @@ describe('one table fails for good', () => {
 
     // Fix the cause, retry the dead letter: orders resumes from its checkpoint, items follows.
     await dst`ALTER TABLE orders DROP CONSTRAINT small_totals`;
+    // The source agents stopped: the retried task waits queued while the first run's final failure is
+    // delivered once more, late (as after a coordinator restart, or past the consumer's ack wait). It is
+    // not the re-queued run's and must not fail it again.
+    const sources = [...stack.agents].filter(([id, p]) => id.startsWith('a-') && p.running).map(([, p]) => p);
+    await Promise.all(sources.map((p) => p.stop()));
     const retried = await stack.cli(['dlq', 'retry', dls[0]!.id]);
     expect(retried.code, retried.stderr).toBe(0);
+    await publishStaleFailure(job.id, dls[0]!.task_id);
+    const state = async () => (await api.call<pb.Job__Output>('GetJob', { id: job.id })).tasks.find((t) => t.id === dls[0]!.task_id)?.state;
+    await sleep(2_000); // the event is applied within milliseconds
+    expect(await state()).toBe('TASK_STATE_QUEUED');
+    await stack.startAgent('a');
     const done = await api.waitJob(job.id, 120_000);
     expect(done.state, done.error).toBe('JOB_STATE_COMPLETED');
     expect(await expectSame(src, dst)).toEqual({ diff: [], duplicates: 0 });
@@ -203,7 +215,7 @@ describe('one table fails for good', () => {
       // keep_indexes: setting the FKs aside would need the lock this test holds.
       const started = await api.call<pb.Job__Output>('StartSync', { from: 'src', to: 'dst3', mode: 'SYNC_MODE_UPSERT', max_attempts: 5, keep_indexes: true });
       const attempts = async () => (await api.call<pb.Job__Output>('GetJob', { id: started.id })).tasks.find((t) => t.table === 'orders')!;
-      let source = 'a-1';
+      let source = [...stack.agents].find(([id, p]) => id.startsWith('a-') && p.running)![0];
       for (const n of [1, 2]) {
         await waitFor(async () => (await attempts()).attempts >= n, { what: `orders delivery ${n}`, timeoutMs: 60_000 });
         // The last time, the coordinator is down too when JetStream gives up (ack wait 3 s): the advisory waits for it in its stream.
@@ -233,3 +245,16 @@ describe('one table fails for good', () => {
     }
   });
 });
+
+/** Publishes, as an agent would, the final failure of a task's first publication (publish 0). */
+async function publishStaleFailure(jobId: string, taskId: string): Promise<void> {
+  const nc = await connect({ servers: stack.nats.url });
+  try {
+    await publishEvent(jetstream(nc), names(stack.namespace), {
+      type: 'failed', job_id: jobId, task_id: taskId, agent_id: 'a-1', at: new Date().toISOString(),
+      error: { kind: 'invalid_argument', code: '23514', message: 'stale failure of the first run', retryable: false }, final: true, delivery: 1, publish: 0,
+    }, `${taskId}:stale-failure`);
+  } finally {
+    await nc.close();
+  }
+}

@@ -95,7 +95,9 @@ export const eventMessage = z.discriminatedUnion('type', [
     rows: z.number().int(), bytes: z.number().int(), batches: z.number().int(), inserted: z.number().int(), updated: z.number().int(),
     marked_for_delete: z.number().int(), duplicates: z.number().int() }),
   z.object({ type: z.literal('failed'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(),
-    error: errorInfo, final: z.boolean(), delivery: z.number().int() }),
+    error: errorInfo, final: z.boolean(), delivery: z.number().int(),
+    /** Which publication of the task failed (0 the first; n from its message id `<task_id>#r<n>`): a late final failure of an earlier one is not the re-queued task's. */
+    publish: z.number().int().min(0).optional() }),
   /** The task stopped for a pause after its last committed batch; its message was terminated (republished on resume). */
   z.object({ type: z.literal('paused'), job_id: z.string(), task_id: z.string(), agent_id: z.string(), at: z.string(), delivery: z.number().int() }),
 ]);

@@ -96,6 +96,7 @@ export class TaskConsumer {
       await publishEvent(js, names, {
         type: 'failed', job_id: task.job_id, task_id: task.task_id, agent_id: this.deps.agentId, at: new Date().toISOString(),
         error: { kind: err.kind, code: err.code, message: err.message, retryable: err.retryable }, final: !retry, delivery,
+        publish: publicationOf(m.headers?.get('Nats-Msg-Id')),
       }, `${task.task_id}:failed:${m.seq}:${delivery}`).catch(() => undefined);
       // An open circuit breaker refuses every attempt until its next probe: the next delivery waits for
       // it, or a short job budget (3 attempts in ~1.5 s) is spent inside one cooldown (2 s and more).
@@ -114,4 +115,10 @@ export class TaskConsumer {
       throw new SyncflowError(ErrorKind.Unavailable, (e as Error).message, { retryable: true });
     }), { attempts: 10, baseMs: 250, maxMs: 3_000 }).catch((e) => this.deps.log.warn({ err: (e as Error).message }, 'paused event not published'));
   }
+}
+
+/** The publication of a task message from its JetStream message id: `<task_id>` is 0, `<task_id>#r<n>` (republished by a retry or resume) is n. */
+export function publicationOf(msgId: string | undefined): number {
+  const m = /#r(\d+)$/.exec(msgId ?? '');
+  return m ? Number(m[1]) : 0;
 }

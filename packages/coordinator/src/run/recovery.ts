@@ -36,6 +36,9 @@ export async function deadLetter(d: RunnerDeps, e: Failed): Promise<boolean> {
   const tasks = await d.jobs.tasks(e.job_id);
   const task = tasks.find((t) => t.id === e.task_id);
   if (!task || (isTerminalTask(task.state) && task.state !== 'failed')) return false;
+  // A final failure of an earlier publication, delivered late (after a coordinator restart, or past the
+  // ack wait) once `dlq retry` or `job retry` had queued the task anew: not this run's.
+  if (e.publish !== undefined && e.publish < task.publishes) return false;
   const message = scrubSecrets(`${e.error.code}: ${e.error.message}`);
   const history = (await d.jobs.logs(e.job_id)).filter((l) => l.task_id === e.task_id).map((l) => `${l.at} ${l.level} ${l.message}`);
   const group = task.message.source.group;
