@@ -21,3 +21,18 @@ export function names(ns: string) {
   } as const;
 }
 export type Names = ReturnType<typeof names>;
+
+/**
+ * The JetStream message id of a task's publication: the task id the first time, `<task_id>#r<n>` when
+ * a retry or resume publishes it again (n = its publish count), so each publication is deduplicated
+ * on its own.
+ */
+export function taskMessageId(taskId: string, publishes: number): string {
+  return publishes > 0 ? `${taskId}#r${publishes}` : taskId;
+}
+
+/** Which publication a task message is, from its message id (taskMessageId): 0 for the first. */
+export function publicationOf(msgId: string | undefined): number {
+  const m = /#r(\d+)$/.exec(msgId ?? '');
+  return m ? Number(m[1]) : 0;
+}

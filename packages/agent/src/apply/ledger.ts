@@ -34,8 +34,8 @@ export async function ensureTargetSchema(sql: Sql): Promise<void> {
     await addColumnIfMissing(t, 'syncflow', 'deferred_indexes', 'constraint_def', 'text');
     await addColumnIfMissing(t, 'syncflow', 'deferred_constraints', 'ref_schema', 'text');
     await addColumnIfMissing(t, 'syncflow', 'deferred_constraints', 'ref_table', 'text');
-    await ensureSafetySchema(tx as unknown as Sql);
-    await ensureDiffSchema(tx as unknown as Sql);
+    await ensureSafetySchema(t);
+    await ensureDiffSchema(t);
   });
 }
 

@@ -1,5 +1,5 @@
 import {
-  taskMessage, decodeJson, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer, pullEach, retry, SyncflowError, ErrorKind,
+  taskMessage, decodeJson, publicationOf, toSyncflowError, publishEvent, backoffMs, sleep, ensureGroupConsumer, pullEach, retry, SyncflowError, ErrorKind,
   type JsMsg, type Names, type JetStreamClient, type JetStreamManager, type Logger,
 } from '@syncflow/shared';
 import { runTask, type TaskDeps } from './run-task.js';
@@ -115,10 +115,4 @@ export class TaskConsumer {
       throw new SyncflowError(ErrorKind.Unavailable, (e as Error).message, { retryable: true });
     }), { attempts: 10, baseMs: 250, maxMs: 3_000 }).catch((e) => this.deps.log.warn({ err: (e as Error).message }, 'paused event not published'));
   }
-}
-
-/** The publication of a task message from its JetStream message id: `<task_id>` is 0, `<task_id>#r<n>` (republished by a retry or resume) is n. */
-export function publicationOf(msgId: string | undefined): number {
-  const m = /#r(\d+)$/.exec(msgId ?? '');
-  return m ? Number(m[1]) : 0;
 }

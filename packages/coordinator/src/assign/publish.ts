@@ -1,5 +1,5 @@
 import { headers as natsHeaders } from '@nats-io/transport-node';
-import { injectContext, type JetStreamClient, type Names, type TaskMessage } from '@syncflow/shared';
+import { injectContext, taskMessageId, type JetStreamClient, type Names, type TaskMessage } from '@syncflow/shared';
 
 /**
  * Publishes a task to its source group's subject. The task id is the JetStream message id, so
@@ -9,5 +9,5 @@ import { injectContext, type JetStreamClient, type Names, type TaskMessage } fro
 export async function publishTask(js: JetStreamClient, n: Names, group: string, task: TaskMessage, publishes = 0): Promise<void> {
   const h = natsHeaders();
   for (const [k, v] of Object.entries(injectContext())) h.set(k, v);
-  await js.publish(n.taskSubject(group), JSON.stringify(task), { msgID: publishes > 0 ? `${task.task_id}#r${publishes}` : task.task_id, headers: h });
+  await js.publish(n.taskSubject(group), JSON.stringify(task), { msgID: taskMessageId(task.task_id, publishes), headers: h });
 }
