@@ -44,6 +44,11 @@ export interface PoolOptions {
 /**
  * One pool per database. Values are fetched as text for every type (no JS Date/number
  * round-trips that lose microseconds or int8 precision): row data only moves as COPY bytes.
+ *
+ * Reconnects wait at most ~1 s (RECONNECT_BACKOFF_S). postgres.js's own backoff grows with every
+ * failed connect of the pool (3^n / 100 s, up to 20 s) and queries wait for it: after a 20 s outage
+ * the first query once the database was back waited ~15 s, and a `dlq retry` hit its deadline. Not
+ * hammering a down database is the breaker's work (agent/breaker.ts), which refuses work at once.
  */
 export function createPool(url: string, opts: PoolOptions): Sql {
   return postgres(url, {
@@ -51,6 +56,7 @@ export function createPool(url: string, opts: PoolOptions): Sql {
     idle_timeout: opts.idleTimeoutS ?? 30,
     connect_timeout: opts.connectTimeoutS ?? 10,
     max_lifetime: 60 * 30,
+    backoff: reconnectBackoffS,
     prepare: true,
     onnotice: () => undefined,
     connection: { application_name: opts.applicationName },
@@ -58,6 +64,11 @@ export function createPool(url: string, opts: PoolOptions): Sql {
     transform: { undefined: null },
     fetch_types: true,
   }) as unknown as Sql;
+}
+
+/** Seconds before a closed pooled connection reconnects, by failed connects in a row: 0.1, 0.2, 0.4, 0.8, then 1 (±25 %). */
+export function reconnectBackoffS(retries: number): number {
+  return Math.min(0.1 * 2 ** retries, 1) * (0.75 + Math.random() / 2);
 }
 
 /** int8, numeric, date, timestamp, timestamptz, interval stay the server's text both ways. */
