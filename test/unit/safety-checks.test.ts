@@ -21,11 +21,14 @@ describe('pre-flight type narrowing', () => {
 
   it('reports missing tables and columns as errors, with create_missing as info', () => {
     const col = (name: string, type: string) => ({ name, type, not_null: false, generated: false, identity: '', type_schema: 'pg_catalog', type_name: type });
-    const src = { schema: 'public', name: 't', columns: [col('id', 'integer'), col('v', 'text')], primary_key: ['id'], key_kind: 'primary', foreign_keys: [], partitioned: false, row_estimate: '1', bytes: '1', has_rows: true };
+    const src = { schema: 'public', name: 't', columns: [col('id', 'integer'), col('v', 'text')], primary_key: ['id'], key_kind: 'primary', foreign_keys: [], partitioned: false, row_estimate: '1', bytes: '1', has_rows: true, set_aside_by: '' };
     expect(tableChecks(src, undefined, { targetName: 'x', createMissing: false })).toMatchObject([{ severity: 'error', code: 'missing_table' }]);
     expect(tableChecks(src, undefined, { targetName: 'x', createMissing: true })).toMatchObject([{ severity: 'info', code: 'create_table' }]);
     const dst = { ...src, columns: [col('id', 'integer')] };
     expect(tableChecks(src, dst, { targetName: 'x', createMissing: false })).toMatchObject([{ severity: 'error', code: 'missing_column', column: 'v' }]);
+    // Its keys set aside by a running load: refused outright (planned from its catalog, it would sync keyless).
+    expect(tableChecks(src, { ...src, primary_key: [], set_aside_by: 'j1' }, { targetName: 'x', createMissing: false }))
+      .toEqual([expect.objectContaining({ severity: 'error', code: 'set_aside', message: expect.stringMatching(/set aside by job j1/) })]);
   });
 });
 

@@ -68,7 +68,7 @@ export function encodeBatch(b: BatchOut, reserve: number): Buffer {
 }
 
 /** The Transfer request serializer: batches by encodeBatch, pre-framed when grpc-js takes them so. */
-export function transferSerializer(generic: (m: object) => Buffer): (m: { batch?: BatchOut | null }) => Buffer {
+export function transferSerializer(generic: (m: object) => Buffer): (m: { batch?: BatchOut | null; [field: string]: unknown }) => Buffer {
   return (m) => {
     if (!m.batch) return generic(m);
     const framed = (globalThis as Record<symbol, unknown>)[PREFRAMED] === true;

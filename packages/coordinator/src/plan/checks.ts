@@ -84,6 +84,11 @@ export function narrowing(sourceType: string, targetType: string): { severity: S
 export function tableChecks(t: pb.Table__Output, tt: pb.Table__Output | undefined, opts: { targetName: string; createMissing: boolean }): pb.PlanCheck[] {
   const name = displayName(t.schema, t.name);
   const out: pb.PlanCheck[] = [];
+  if (tt?.set_aside_by) {
+    // Its catalog lacks the keys meanwhile: planned from it, the table would sync as a keyless one.
+    out.push(check('error', 'set_aside', name, '', `table ${name}: its indexes and keys on target "${opts.targetName}" are set aside by job ${tt.set_aside_by}, whose load has not rebuilt them yet: start after that job ends, or cancel it (its cancel rebuilds them); see syncflow job logs ${tt.set_aside_by}`));
+    return out;
+  }
   if (!tt) {
     out.push(opts.createMissing
       ? check('info', 'create_table', name, '', `table ${name} does not exist on target "${opts.targetName}": it will be created from the source's definition (--create-missing)`)
