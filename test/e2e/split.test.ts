@@ -91,6 +91,12 @@ describe('big tables in parts', () => {
     const text = await stack.cli(['job', 'report', job.id]);
     expect(text.code, text.stderr).toBe(0);
     for (const name of ['orders', 'customers', 'clicks']) expect(text.stdout.split('\n').filter((l) => new RegExp(`^(public\\.)?${name} `).test(l)).length, text.stdout).toBe(1);
+
+    // A re-sync of what was loaded decodes the tracked changes: a big table in 2 parts at most
+    // (TRACKED_PARTS); a keyless one, hashed, stays whole.
+    const again = Object.fromEntries((await api.call<pb.Plan__Output>('PlanSync', { from: 'a', to: 'b', split_rows: 10_000 })).tables.map((t) => [t.name, t]));
+    expect(again.orders!.notes.join(' ')).toMatch(/decoded from change slot/);
+    expect([again.orders!.parts, again.customers!.parts, again.clicks!.parts]).toEqual([2, 2, 1]);
   });
 
   it('mirrors changes across range edges: deletes at the ends of every range, updates and inserts', async () => {

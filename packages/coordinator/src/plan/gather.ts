@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { type pb } from '@syncflow/shared';
 import type { AgentLink } from '../agents.js';
 import type { ConnectionRow } from '../store/connections.js';
-import { planSync, type Planned, type PlanInput } from './planner.js';
+import { planSync, selectTables, trackedChanges, type Planned, type PlanInput } from './planner.js';
 import { splitBigTables, DEFAULT_SPLIT_ROWS } from './split.js';
 
 export interface SyncRequest {
@@ -50,7 +50,12 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     agents.call<pb.Schema__Output>(req.from.agent_group, 'Introspect', { connection: sealed(req.from), snapshot_id: opts.snapshotId ?? '' }),
     opts.target ?? introspectTarget(agents, req),
   ]);
-  const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), source, req.splitRows ?? DEFAULT_SPLIT_ROWS, opts.snapshotId ?? '');
+  // Cut into parts: the selected tables, those diffed from tracked changes into fewer (plan/split.ts).
+  const targetByKey = new Map(target.tables.map((t) => [`${t.schema}.${t.name}`, t]));
+  const selected = selectTables(source.tables, req.tables);
+  const tracked = new Set(selected.filter((t) => trackedChanges(t, targetByKey.get(`${t.schema}.${t.name}`), { diff: req.diff, mode: req.mode, changes: opts.changes }))
+    .map((t) => `${t.schema}.${t.name}`));
+  const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), selected, req.splitRows ?? DEFAULT_SPLIT_ROWS, opts.snapshotId ?? '', tracked);
   const planned = planSync({
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,
     from: { ...sealed(req.from), group: req.from.agent_group }, to: { ...sealed(req.to), group: req.to.agent_group },

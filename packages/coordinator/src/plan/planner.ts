@@ -118,9 +118,7 @@ export function planSync(input: PlanInput): Planned {
     const diffTable = method !== 'copy' && input.diff !== 'off';
     shapes[keyOf(t)] = shapeOf(columns, found);
     const baseline = input.changes?.baselines.get(keyOf(t));
-    const tracked = diffTable && input.diff !== 'hash' && key.length > 0 && input.changes && baseline?.shape === shapes[keyOf(t)]
-      && (baseline.exact || input.mode === 'upsert')
-      ? { slot: baseline.slot, upto: input.changes.lsn } : null;
+    const tracked = trackedChanges(t, found, input);
     if (tracked) tableNotes.push(`the target has rows: only the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
     else if (diffTable) tableNotes.push(`the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync${untrackedWhy(input, key.length > 0, baseline, shapes[keyOf(t)]!)})`);
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
@@ -179,6 +177,18 @@ export function planSync(input: PlanInput): Planned {
     estimated_seconds: Math.ceil(estimatedBytes / (20 * 1024 * 1024)) + selected.length,
   };
   return { plan, record, tasks };
+}
+
+/**
+ * A diff of the table from the changes tracked since its last sync into this target (decoded from that
+ * sync's change slot), or null: the target has no rows (a load), `--diff off|hash`, a table without a
+ * key, no baseline, its columns changed since, or a mirror after an upsert (which left deleted rows).
+ */
+export function trackedChanges(t: pb.Table__Output, target: pb.Table__Output | undefined, input: Pick<PlanInput, 'diff' | 'mode' | 'changes'>): TaskMessage['changes'] {
+  const baseline = input.changes?.baselines.get(keyOf(t));
+  if (!input.changes || !baseline || !target?.has_rows || input.diff === 'off' || input.diff === 'hash' || t.primary_key.length === 0) return null;
+  if (baseline.shape !== shapeOf(t.columns.filter((c) => !c.generated), target) || !(baseline.exact || input.mode === 'upsert')) return null;
+  return { slot: baseline.slot, upto: input.changes.lsn };
 }
 
 /** A table's synced columns with their types on both sides: a change baseline holds only while this stays the same. */
@@ -314,8 +324,8 @@ function splitKey(k: string, tables: pb.Table__Output[]): [string, string] {
 }
 
 
-/** Resolves the user's table list against the source; unknown names are NOT_FOUND, all named at once. */
-function selectTables(all: pb.Table__Output[], wanted: readonly string[]): pb.Table__Output[] {
+/** Resolves the user's table list against the source (all when empty); unknown names are NOT_FOUND, all named at once. */
+export function selectTables(all: pb.Table__Output[], wanted: readonly string[]): pb.Table__Output[] {
   if (wanted.length === 0) return all;
   const out: pb.Table__Output[] = [];
   const unknown: string[] = [];

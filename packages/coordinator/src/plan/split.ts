@@ -19,18 +19,28 @@ export function partsFor(t: { row_estimate: string | number; bytes: string | num
 }
 
 /**
- * Asks the source's agent where to cut the tables bigger than `splitRows` rows or SPLIT_BYTES, so that one huge
+ * A diff from tracked changes ships only the rows that changed, a small share of the table: parts
+ * buy little but a task (and its round trips) each. Two still let a big one apply on two target
+ * connections at the end of the job, when it is often the last table left (measured at scale 1:
+ * order_items' 24 000 changed rows 0.7 s in 5 parts, 1.0 s whole).
+ */
+export const TRACKED_PARTS = 2;
+
+/**
+ * Asks the source's agent where to cut those of `tables` bigger than `splitRows` rows or SPLIT_BYTES, so that one huge
  * table does not serialise the job: its parts load in parallel across the agents of the group.
- * Partitioned tables stay whole (their partitions already bound each scan).
+ * Partitioned tables stay whole (their partitions already bound each scan). `tracked`: tables
+ * diffed from tracked changes ("schema.name"), cut into TRACKED_PARTS at most.
  */
 export async function splitBigTables(agents: AgentLink, group: string, connection: { name: string; sealed_url: string },
-  source: pb.Schema__Output, splitRows: number, snapshotId: string): Promise<Map<string, TableSplit>> {
+  tables: readonly pb.Table__Output[], splitRows: number, snapshotId: string, tracked: ReadonlySet<string> = new Set()): Promise<Map<string, TableSplit>> {
   const out = new Map<string, TableSplit>();
   if (splitRows < 0) return out;
-  const big = source.tables.filter((t) => !t.partitioned && partsFor(t, splitRows) > 1);
+  const partsOf = (t: pb.Table__Output) => Math.min(partsFor(t, splitRows), tracked.has(`${t.schema}.${t.name}`) ? TRACKED_PARTS : Infinity);
+  const big = tables.filter((t) => !t.partitioned && partsOf(t) > 1);
   // All at once: each is one query on its own pooled connection of the source agent.
   await Promise.all(big.map(async (t) => {
-    const parts = partsFor(t, splitRows);
+    const parts = partsOf(t);
     const key = t.primary_key.map((k) => {
       const c = t.columns.find((x) => x.name === k)!;
       return { name: k, type_schema: c.type_schema, type_name: c.type_name };
