@@ -45,7 +45,7 @@ export interface PoolOptions {
  * One pool per database. Values are fetched as text for every type (no JS Date/number
  * round-trips that lose microseconds or int8 precision): row data only moves as COPY bytes.
  *
- * Reconnects wait at most ~1 s (RECONNECT_BACKOFF_S). postgres.js's own backoff grows with every
+ * Reconnects wait at most ~1 s (reconnectBackoffS). postgres.js's own backoff grows with every
  * failed connect of the pool (3^n / 100 s, up to 20 s) and queries wait for it: after a 20 s outage
  * the first query once the database was back waited ~15 s, and a `dlq retry` hit its deadline. Not
  * hammering a down database is the breaker's work (agent/breaker.ts), which refuses work at once.

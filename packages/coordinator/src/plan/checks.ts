@@ -86,7 +86,7 @@ export function tableChecks(t: pb.Table__Output, tt: pb.Table__Output | undefine
   const out: pb.PlanCheck[] = [];
   if (tt?.set_aside_by) {
     // Its catalog lacks the keys meanwhile: planned from it, the table would sync as a keyless one.
-    out.push(check('error', 'set_aside', name, '', `table ${name}: its indexes and keys on target "${opts.targetName}" are set aside by job ${tt.set_aside_by}, whose load has not rebuilt them yet: start after that job ends, or cancel it (its cancel rebuilds them); see syncflow job logs ${tt.set_aside_by}`));
+    out.push(check('error', 'set_aside', name, '', `table ${name}: its indexes and keys on target "${opts.targetName}" are set aside by job ${tt.set_aside_by} and not rebuilt yet: wait for that job to end or cancel it (either rebuilds them); if it has ended, \`syncflow job logs ${tt.set_aside_by}\` says why they were not`));
     return out;
   }
   if (!tt) {
