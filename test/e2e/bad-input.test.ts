@@ -80,14 +80,17 @@ describe('bad input gets the right status and a one-line CLI error, and nothing 
     // binary is chosen per table by the planner, never forced; diff is auto or off
     expect(await api.status('StartSync', { from: 'src', to: 'dst', copy_format: 'binary' })).toBe('INVALID_ARGUMENT');
     expect(await api.status('StartSync', { from: 'src', to: 'dst', diff: 'sometimes' })).toBe('INVALID_ARGUMENT');
+    expect(await api.status('StartSync', { from: 'src', to: 'dst', verify: 'sometimes' })).toBe('INVALID_ARGUMENT');
     expect(await api.status('GetJob', { id: '00000000-0000-4000-8000-000000000000' })).toBe('NOT_FOUND');
     expect(await api.status('CreateConnection', { name: 'src', url: a.url('app'), group: 'a' })).toBe('ALREADY_EXISTS');
     const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--mode', 'bogus']);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    const f = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--copy-format', 'binary']);
-    expect(f.code).toBe(2);
-    expect(f.stderr.trim().split('\n')).toHaveLength(1);
+    for (const bad of [['--copy-format', 'binary'], ['--verify', 'sometimes']]) {
+      const f = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', ...bad]);
+      expect(f.code, bad.join(' ')).toBe(2);
+      expect(f.stderr.trim().split('\n'), f.stderr).toHaveLength(1);
+    }
     await nothingWritten('app');
   });
 

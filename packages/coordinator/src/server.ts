@@ -26,6 +26,7 @@ export function syncService(d: RunnerDeps, runner: JobRunner, sealer: Sealer, ap
       from, to, tables: s.tables, mode: s.mode, batchBytes: s.batch_bytes || DEFAULT_BATCH_BYTES, maxAttempts: s.max_attempts, timeoutSeconds: s.timeout_seconds,
       splitRows: s.split_rows || DEFAULT_SPLIT_ROWS, keepIndexes: s.keep_indexes, maxRowsPerS: s.max_rows_per_s, maxBytesPerS: s.max_bytes_per_s,
       confirm: s.confirm, createMissing: s.create_missing, dryRun: s.dry_run, onBadRow: s.on_bad_row, onFailure: s.on_failure, diff: s.diff, copyFormat: s.copy_format,
+      verify: s.verify,
     };
   };
   const jobView = async (id: string) => renderJob(await d.jobs.get(id), await d.jobs.tasks(id));

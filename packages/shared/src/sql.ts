@@ -45,6 +45,11 @@ export interface PoolOptions {
  * One pool per database. Values are fetched as text for every type (no JS Date/number
  * round-trips that lose microseconds or int8 precision): row data only moves as COPY bytes.
  *
+ * Every session commits with synchronous_commit = on, whatever the server's default: an agent acks a
+ * batch, and reports a task or an index rebuild done, only once its commit is flushed to the WAL. With
+ * `off` (seen in the test clusters), a database crash right after took back commits already reported:
+ * a job completed while its target had lost the primary key it had rebuilt, or its last batches.
+ *
  * Reconnects wait at most ~1 s (reconnectBackoffS). postgres.js's own backoff grows with every
  * failed connect of the pool (3^n / 100 s, up to 20 s) and queries wait for it: after a 20 s outage
  * the first query once the database was back waited ~15 s, and a `dlq retry` hit its deadline. Not
@@ -59,7 +64,7 @@ export function createPool(url: string, opts: PoolOptions): Sql {
     backoff: reconnectBackoffS,
     prepare: true,
     onnotice: () => undefined,
-    connection: { application_name: opts.applicationName },
+    connection: { application_name: opts.applicationName, synchronous_commit: 'on' },
     types: TEXT_TYPES as never,
     transform: { undefined: null },
     fetch_types: true,

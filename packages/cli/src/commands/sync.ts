@@ -12,7 +12,7 @@ import { printChecks } from './safety.js';
 interface SpecOpts {
   from: string; to: string; tables?: string[]; mode?: string; batchBytes?: string; maxAttempts?: number; jobTimeout?: number;
   maxRowsPerS?: number; maxBytesPerS?: number; splitRows?: number; keepIndexes?: boolean;
-  confirm?: string; createMissing?: boolean; dryRun?: boolean; onBadRow?: string; onFailure?: string; diff?: string; copyFormat?: string;
+  confirm?: string; createMissing?: boolean; dryRun?: boolean; onBadRow?: string; onFailure?: string; diff?: string; copyFormat?: string; verify?: string;
 }
 
 function buildSpec(opts: SpecOpts): pb.SyncSpec {
@@ -38,6 +38,7 @@ function buildSpec(opts: SpecOpts): pb.SyncSpec {
     on_failure: opts.onFailure ?? '',
     diff: opts.diff ?? '',
     copy_format: opts.copyFormat ?? '',
+    verify: opts.verify ?? '',
   };
 }
 
@@ -85,6 +86,7 @@ export function registerSync(group: (name: string, description: string) => Comma
     .addOption(new Option('--on-failure <policy>', 'when the job fails: keep what was written (default), or rollback').choices(['keep', 'rollback']))
     .addOption(new Option('--diff <how>', 'tables whose target has rows: auto (default) ships the rows changed since the table\'s last sync (change slot), else compares hash buckets; hash: always compare hash buckets on both sides (catches writes to the target by others); off: ship every row').choices(['auto', 'hash', 'off']))
     .addOption(new Option('--copy-format <format>', 'auto (default): initial loads of tables whose types allow it travel as binary COPY; text: always COPY text').choices(['auto', 'text']))
+    .addOption(new Option('--verify <how>', 'full (default): the job\'s report compares every synced table on both sides when the job ends; off: counts only (syncflow verify compares on request)').choices(['full', 'off']))
     .action(async (opts: SpecOpts & { wait?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
       const spec = buildSpec(opts);

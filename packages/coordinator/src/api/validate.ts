@@ -34,6 +34,7 @@ export const syncSpecReq = z.object({
   on_failure: z.enum(['', 'keep', 'rollback']).default('').transform((v) => (v || 'keep') as 'keep' | 'rollback'),
   diff: z.enum(['', 'auto', 'hash', 'off']).default('').transform((v) => (v || 'auto') as 'auto' | 'hash' | 'off'),
   copy_format: z.enum(['', 'auto', 'text']).default('').transform((v) => (v || 'auto') as 'auto' | 'text'),
+  verify: z.enum(['', 'full', 'off']).default('').transform((v) => (v || 'full') as 'full' | 'off'),
 }).refine((s) => s.from !== s.to, { message: 'from and to must be different connections', path: ['to'] });
 
 export const setJobRateReq = z.object({

@@ -34,6 +34,8 @@ export interface SyncRequest {
   diff?: 'auto' | 'hash' | 'off';
   /** Initial loads as binary COPY where the types allow ('auto', default) or always COPY text. */
   copyFormat?: 'auto' | 'text';
+  /** The report at the job's end compares every synced table ('full', default) or counts only ('off'). */
+  verify?: 'full' | 'off';
 }
 
 /**

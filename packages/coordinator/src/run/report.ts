@@ -86,6 +86,7 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
     else if (rolled.at) verification = 'not verified: the job was rolled back';
     else if (job.state === 'failed' || job.state === 'cancelled') verification = `not verified: the job ${job.state}`;
     else if (notDone.length) verification = `not verified: the table was not synced (${notDone.length === parts.length ? notDone[0]!.state : `${notDone.length} of ${parts.length} parts ${notDone[0]!.state}`})`;
+    else if ((job.spec as { verify?: string }).verify === 'off') verification = `not verified: the job asked for no verification (--verify off; syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
     else if (!conns) verification = `not verified: ${unreachable}`;
     else if (Date.now() >= deadline) verification = `not verified: the report's ${VERIFY_BUDGET_MS / 60_000} min for verification ran out (syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
     else {

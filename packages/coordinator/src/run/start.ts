@@ -69,6 +69,7 @@ export async function startJob(d: RunnerDeps, runner: JobRunner, req: SyncReques
       spec: {
         tables: req.tables, mode: req.mode, batch_bytes: req.batchBytes, max_attempts: req.maxAttempts ?? 3, timeout_seconds: req.timeoutSeconds ?? 0,
         on_bad_row: req.onBadRow ?? 'quarantine', on_failure: req.onFailure ?? 'keep', create_missing: Boolean(req.createMissing), diff: req.diff ?? 'auto', copy_format: req.copyFormat ?? 'auto',
+        verify: req.verify ?? 'full',
       },
       plan: planned.record,
       snapshot_id: snapshotId, change_slot: snap.change_slot, change_lsn: snap.change_lsn, trace_id: traceId, trace: carrier,
