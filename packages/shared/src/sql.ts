@@ -47,8 +47,9 @@ export interface PoolOptions {
  *
  * Every session commits with synchronous_commit = on, whatever the server's default: an agent acks a
  * batch, and reports a task or an index rebuild done, only once its commit is flushed to the WAL. With
- * `off` (seen in the test clusters), a database crash right after took back commits already reported:
- * a job completed while its target had lost the primary key it had rebuilt, or its last batches.
+ * `off` (the test clusters' setting), a database crash right after takes back commits already
+ * reported: seen, a completed job whose target had lost the primary key its load had rebuilt; a task's
+ * last acked batches could go the same way. With synchronous standbys, commits wait for them too.
  *
  * Reconnects wait at most ~1 s (reconnectBackoffS). postgres.js's own backoff grows with every
  * failed connect of the pool (3^n / 100 s, up to 20 s) and queries wait for it: after a 20 s outage
