@@ -60,12 +60,17 @@ function sourceLogs(): string[] {
 
 async function finish(db: string, jobId: string, timeoutMs = 300_000): Promise<pb.Job__Output> {
   return api.waitJob(jobId, timeoutMs).catch(async (e) => {
-    const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
-    const logs = await stack.cli(['job', 'logs', jobId]);
-    // The coordinator's warnings and errors: the process logs go with the stack at the end of the file.
-    const warnings = stack.coordinator!.logs().split('\n').filter((l) => /"level":[456]0/.test(l)).slice(-30).join('\n');
-    throw new Error(`${(e as Error).message}\ntasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\ncoordinator:\n${warnings}\nlogs: ${stack.logDir}`);
+    throw new Error(`${(e as Error).message}\n${await diagnostics(jobId)}`);
   });
+}
+
+/** What a failure message needs: the tasks, the job's log, the warnings and errors of the coordinator and the agents (their logs go with the stack at the end of the file). */
+async function diagnostics(jobId: string): Promise<string> {
+  const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
+  const logs = await stack.cli(['job', 'logs', jobId]);
+  const warnings = (p: ManagedProcess) => p.logs().split('\n').filter((l) => /"level":[456]0/.test(l)).slice(-30).join('\n');
+  return `tasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\ncoordinator:\n${warnings(stack.coordinator!)}\n`
+    + `target agent:\n${warnings(stack.agent(agentIds.b))}\nlogs: ${stack.logDir}`;
 }
 
 async function verify(db: string, jobId: string, label: string): Promise<{ reworkRows: number; reworkBatches: number }> {
@@ -112,8 +117,8 @@ describe('crashes', () => {
 });
 
 describe('the target database down for 20 s', () => {
-  // Skipped: since the merge of the safety and speed work the job stays running after the 20 s outage
-  // (passes on the reliability branch alone); open in issue 3's note until the cause is found.
+  // `dlq retry` of the first dead letter prepares the target again (DDL that can wait for the locks of
+  // index rebuilds still running): the CLI gives it the slow deadline, as `sync start`.
   it('retries and the breaker carry the job through, or it dead-letters cleanly and `dlq retry` completes it', async () => {
     const jobId = await start('outage', 3);
     await batchesAtLeast('outage', jobId, rnd(10, 30));
@@ -130,7 +135,7 @@ describe('the target database down for 20 s', () => {
       expect(dls.length).toBeGreaterThan(0);
       for (const d of dls) {
         const r = await stack.cli(['dlq', 'retry', d.id]);
-        expect(r.code, r.stderr).toBe(0);
+        if (r.code !== 0) throw new Error(`dlq retry ${d.id} exited ${r.code}: ${r.stderr}\n${await diagnostics(jobId)}`);
         retried++;
       }
       job = await finish('outage', jobId);

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { intArg } from '../args.js';
-import { withClient, type Globals } from '../client.js';
+import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
 import { dash, jobStateWord, oneLine, printJson, printTable, println, usageError } from '../output.js';
 
 /** `dlq list|retry`: tasks that exhausted their attempts (the dead-letter stream), and re-running them. */
@@ -38,7 +38,7 @@ export function registerDlq(group: (name: string, description: string) => Comman
     .argument('<id>', 'dead letter id (see syncflow dlq list)')
     .action(async (id: string, _opts: unknown, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
-      const job = await withClient(g, (client) => client.unary('RetryDeadLetter', { id: checkDlqId(id) }));
+      const job = await withClient(g, (client) => client.unary('RetryDeadLetter', { id: checkDlqId(id) }, SLOW_DEADLINE_MS));
       if (g.json) return printJson(job);
       println(`dead letter ${id} retried: job ${job.id} ${jobStateWord(job.state)}`);
     });

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { intArg, rateArg } from '../args.js';
-import { withClient, type Globals } from '../client.js';
+import { SLOW_DEADLINE_MS, withClient, type Globals } from '../client.js';
 import { failureReason, printJobHeader, printTasksDetailed } from '../jobview.js';
 import {
   CliError, count, dash, humanBytes, jobStateWord, modeWord, oneLine, printJson, printTable, println, seconds, usageError,
@@ -120,7 +120,7 @@ export function registerJob(group: (name: string, description: string) => Comman
     .option('--failed', 'only what failed (the default and only mode)')
     .action(async (id: string, _opts: { failed?: boolean }, c: Command) => {
       const g = c.optsWithGlobals<Globals>();
-      const job = await withClient(g, (client) => client.unary('RetryJob', { id: checkId(id), failed_only: true }));
+      const job = await withClient(g, (client) => client.unary('RetryJob', { id: checkId(id), failed_only: true }, SLOW_DEADLINE_MS));
       if (g.json) return printJson(job);
       println(`job ${job.id} ${jobStateWord(job.state)}: failed tables queued again`);
     });
