@@ -4,7 +4,10 @@ export type { Logger };
 
 /**
  * One JSON logger per process. Secrets and row values never reach it: connection URLs
- * are redacted by key name, and callers log keys and counts, never row data.
+ * are redacted by key name, and callers log keys and counts, never row data. Lines are written
+ * synchronously (pino's default buffers them): a process killed with -9 keeps its last lines, often
+ * the ones an operator needs (seen: a killed agent's last batches missing from its log). At the
+ * default level a process logs per task and per event, not per row or batch, so it costs nothing.
  */
 export function createLogger(name: string, level = 'info'): Logger {
   return pino({
@@ -16,7 +19,7 @@ export function createLogger(name: string, level = 'info'): Logger {
       censor: '[redacted]',
     },
     timestamp: pino.stdTimeFunctions.isoTime,
-  });
+  }, pino.destination({ dest: 1, sync: true }));
 }
 
 /** Removes user:password from any postgres URL inside a message before it is logged or returned. */

@@ -60,6 +60,20 @@ export class JobRunner {
   readonly #diffsAsked = new Set<string>();
   constructor(private d: RunnerDeps) {}
 
+  /**
+   * Runs `fn` between this process's advances of the job, never beside one: an operator's requeue of
+   * tables (retry) and the advance that sees every table ended and ends the job cannot interleave
+   * (seen: a `dlq retry` during the job's finalize was lost, the job ended with the retried table
+   * counted as failed). `fn` must not wait for an advance of the same job.
+   */
+  exclusive<T>(jobId: string, fn: () => Promise<T>): Promise<T> {
+    const result = (this.#chains.get(jobId) ?? Promise.resolve()).then(fn);
+    const next = result.then(() => undefined, () => undefined);
+    this.#chains.set(jobId, next);
+    void next.finally(() => { if (this.#chains.get(jobId) === next) this.#chains.delete(jobId); });
+    return result;
+  }
+
   /** Serialises work per job inside this process. */
   advance(jobId: string): Promise<void> {
     const prev = this.#chains.get(jobId) ?? Promise.resolve();

@@ -12,47 +12,50 @@ import type { JobRunner, RunnerDeps } from './advance.js';
  * ledger says where each stands, so nothing committed is applied again.
  */
 export async function retryTasks(d: RunnerDeps, runner: JobRunner, jobId: string, why: string, taskIds?: string[]): Promise<void> {
-  const job = await d.jobs.get(jobId);
-  if (!['failed', 'completed_with_errors', 'running'].includes(job.state)) {
-    throw failedPrecondition(`job ${jobId} is ${job.state}: only a failed, completed_with_errors or running job has tables to retry`, 'bad_state');
-  }
-  let ids = await d.deadLetters.requeue(jobId, taskIds);
-  // Children blocked by a retried table get their chance too (blocked again if their parent fails again).
-  if (taskIds && ids.length) ids = [...ids, ...(await d.deadLetters.requeue(jobId, (await d.jobs.tasks(jobId)).filter((t) => t.state === 'blocked').map((t) => t.id)))];
-  if (ids.length === 0) throw failedPrecondition(`job ${jobId} has no failed or blocked table to retry`, 'nothing_to_retry');
-  await d.deadLetters.markTasksRetried(ids);
-  if (job.state !== 'running') {
-    await d.deadLetters.reopen(jobId);
-    // The first end put set-aside constraints and indexes back; a cycle's tables need their constraints
-    // aside again to load, and a retried table loaded by COPY its foreign keys (they no longer order
-    // the load: a held one would refuse rows whose parent is retried beside it) and indexes.
-    const tasks = await d.jobs.tasks(jobId);
-    const retried = new Set(tasks.filter((t) => ids.includes(t.id)).map((t) => `${t.schema_name}.${t.table_name}`));
-    const reload = (job.plan.loadTables ?? []).filter((t) => retried.has(`${t.schema}.${t.name}`));
-    if (job.plan.deferred.length || reload.length) {
-      const to = await d.connections.get(job.to_conn);
-      try {
-        // A few tries: after a target outage the agent's first query may land on a pooled connection the
-        // database's restart killed (57P01, retryable).
-        const prepare = () => d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred, defer_index_tables: reload });
-        for (let attempt = 1; ; attempt++) {
-          try {
-            await prepare();
-            break;
-          } catch (e) {
-            if (attempt >= 3 || !toSyncflowError(e).retryable) throw e;
-            await new Promise((r) => setTimeout(r, 500 * attempt));
-          }
-        }
-      } catch (e) {
-        throw toSyncflowError(e, 'preparing the target again');
-      }
+  // Between the runner's advances of the job: one that is ending it would count these tables as failed.
+  await runner.exclusive(jobId, async () => {
+    const job = await d.jobs.get(jobId);
+    if (!['failed', 'completed_with_errors', 'running'].includes(job.state)) {
+      throw failedPrecondition(`job ${jobId} is ${job.state}: only a failed, completed_with_errors or running job has tables to retry`, 'bad_state');
     }
-    if (!(await d.jobs.moveJob(jobId, 'running'))) throw failedPrecondition(`job ${jobId} changed state meanwhile`, 'bad_state');
-    await d.flags.set(jobId, 'running');
-  }
-  await d.jobs.log(jobId, null, 'info', `${why}: ${ids.length} table(s) queued again, resuming from their checkpoints`);
-  d.log.info({ job: jobId, tasks: ids.length }, why);
+    let ids = await d.deadLetters.requeue(jobId, taskIds);
+    // Children blocked by a retried table get their chance too (blocked again if their parent fails again).
+    if (taskIds && ids.length) ids = [...ids, ...(await d.deadLetters.requeue(jobId, (await d.jobs.tasks(jobId)).filter((t) => t.state === 'blocked').map((t) => t.id)))];
+    if (ids.length === 0) throw failedPrecondition(`job ${jobId} has no failed or blocked table to retry`, 'nothing_to_retry');
+    await d.deadLetters.markTasksRetried(ids);
+    if (job.state !== 'running') {
+      await d.deadLetters.reopen(jobId);
+      // The first end put set-aside constraints and indexes back; a cycle's tables need their constraints
+      // aside again to load, and a retried table loaded by COPY its foreign keys (they no longer order
+      // the load: a held one would refuse rows whose parent is retried beside it) and indexes.
+      const tasks = await d.jobs.tasks(jobId);
+      const retried = new Set(tasks.filter((t) => ids.includes(t.id)).map((t) => `${t.schema_name}.${t.table_name}`));
+      const reload = (job.plan.loadTables ?? []).filter((t) => retried.has(`${t.schema}.${t.name}`));
+      if (job.plan.deferred.length || reload.length) {
+        const to = await d.connections.get(job.to_conn);
+        try {
+          // A few tries: after a target outage the agent's first query may land on a pooled connection the
+          // database's restart killed (57P01, retryable).
+          const prepare = () => d.agents.call(to.agent_group, 'PrepareTarget', { job_id: jobId, connection: { name: to.name, sealed_url: to.sealed_url }, defer_constraints: job.plan.deferred, defer_index_tables: reload });
+          for (let attempt = 1; ; attempt++) {
+            try {
+              await prepare();
+              break;
+            } catch (e) {
+              if (attempt >= 3 || !toSyncflowError(e).retryable) throw e;
+              await new Promise((r) => setTimeout(r, 500 * attempt));
+            }
+          }
+        } catch (e) {
+          throw toSyncflowError(e, 'preparing the target again');
+        }
+      }
+      if (!(await d.jobs.moveJob(jobId, 'running'))) throw failedPrecondition(`job ${jobId} changed state meanwhile`, 'bad_state');
+      await d.flags.set(jobId, 'running');
+    }
+    await d.jobs.log(jobId, null, 'info', `${why}: ${ids.length} table(s) queued again, resuming from their checkpoints`);
+    d.log.info({ job: jobId, tasks: ids.length }, why);
+  });
   await runner.advance(jobId);
 }
 
