@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import pino from 'pino';
 import { Breaker, isConnectionLevel } from '../../packages/agent/src/breaker.js';
 import { safeDeleteOrder } from '../../packages/coordinator/src/run/recovery.js';
-import { blockedTasks, readyTasks } from '../../packages/coordinator/src/run/schedule.js';
+import { blockedTasks, failedAncestors, readyTasks } from '../../packages/coordinator/src/run/schedule.js';
 import { SyncflowError, ErrorKind, toGrpcError, toSyncflowError, canMoveJob, canMoveTask, isTerminalJob, isTerminalTask, jobStateToProto } from '../../packages/shared/src/index.js';
 import type { PlanRecord, TaskRow } from '../../packages/coordinator/src/store/jobs.js';
 
@@ -92,6 +92,15 @@ describe('per-table recovery', () => {
     expect(ready({ customers: 'done', events: 'running', orders: 'running', items: 'pending', notes: 'done' })).toEqual([]);
     // a parent with a part not done (failed: the child is blocked instead) holds the child back
     expect(ready({ customers: 'failed', events: 'done', orders: 'pending', items: 'pending', notes: 'done' })).toEqual([]);
+  });
+
+  it('retries a table with its failed or blocked FK ancestors, transitively, not its siblings or children', () => {
+    const tasks = [task('customers', 'failed'), task('orders', 'blocked'), task('items', 'blocked'), task('notes', 'blocked'), task('products', 'failed')];
+    // a dead letter of items: orders (blocked) and customers (failed) go with it; products, notes do not
+    expect(failedAncestors(plan, tasks, ['items']).map((t) => t.id).sort()).toEqual(['customers', 'orders']);
+    // a parent already done is not retried
+    expect(failedAncestors(plan, [task('customers', 'done'), task('orders', 'failed'), task('items', 'failed')], ['items']).map((t) => t.id)).toEqual(['orders']);
+    expect(failedAncestors(plan, tasks, ['customers'])).toEqual([]);
   });
 
   it('applies mirror deletes only where no child is unfinished', () => {

@@ -1,5 +1,6 @@
 import { failedPrecondition, scrubSecrets, toSyncflowError, type Sql } from '@syncflow/shared';
 import type { JobRunner, RunnerDeps } from './advance.js';
+import { failedAncestors } from './schedule.js';
 
 /**
  * Operator control of a running job beyond cancel: retry what failed, pause, resume, and the
@@ -18,7 +19,9 @@ export async function retryTasks(d: RunnerDeps, runner: JobRunner, jobId: string
     if (!['failed', 'completed_with_errors', 'running'].includes(job.state)) {
       throw failedPrecondition(`job ${jobId} is ${job.state}: only a failed, completed_with_errors or running job has tables to retry`, 'bad_state');
     }
-    let ids = await d.deadLetters.requeue(jobId, taskIds);
+    // A table retried alone while an FK parent of it is still failed would be blocked again at once: the parent goes with it.
+    const parents = taskIds ? failedAncestors(job.plan, await d.jobs.tasks(jobId), taskIds) : [];
+    let ids = await d.deadLetters.requeue(jobId, taskIds && [...taskIds, ...parents.map((t) => t.id)]);
     // Children blocked by a retried table get their chance too (blocked again if their parent fails again).
     if (taskIds && ids.length) ids = [...ids, ...(await d.deadLetters.requeue(jobId, (await d.jobs.tasks(jobId)).filter((t) => t.state === 'blocked').map((t) => t.id)))];
     if (ids.length === 0) throw failedPrecondition(`job ${jobId} has no failed or blocked table to retry`, 'nothing_to_retry');
@@ -53,7 +56,8 @@ export async function retryTasks(d: RunnerDeps, runner: JobRunner, jobId: string
       if (!(await d.jobs.moveJob(jobId, 'running'))) throw failedPrecondition(`job ${jobId} changed state meanwhile`, 'bad_state');
       await d.flags.set(jobId, 'running');
     }
-    await d.jobs.log(jobId, null, 'info', `${why}: ${ids.length} table(s) queued again, resuming from their checkpoints`);
+    const withParents = parents.length ? ` (with the failed FK parent table(s) it waits for: ${[...new Set(parents.map((t) => `${t.schema_name}.${t.table_name}`))].join(', ')})` : '';
+    await d.jobs.log(jobId, null, 'info', `${why}: ${ids.length} table(s) queued again, resuming from their checkpoints${withParents}`);
     d.log.info({ job: jobId, tasks: ids.length }, why);
   });
   await runner.advance(jobId);

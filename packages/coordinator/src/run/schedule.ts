@@ -53,3 +53,19 @@ export function blockedTasks(plan: PlanRecord, tasks: TaskRow[]): Map<string, st
   }
   return out;
 }
+
+/**
+ * The failed or blocked tasks of the FK ancestors of `taskIds`' tables, transitively: a table retried
+ * without them would be blocked again at once (blockedTasks), and the job would end again.
+ */
+export function failedAncestors(plan: PlanRecord, tasks: TaskRow[], taskIds: readonly string[]): TaskRow[] {
+  const parents = parentsOf(plan);
+  const seen = new Set<string>();
+  const todo = tasks.filter((t) => taskIds.includes(t.id)).map((t) => keyOf(t.schema_name, t.table_name));
+  while (todo.length) {
+    for (const p of parents.get(todo.pop()!) ?? []) {
+      if (!seen.has(p)) { seen.add(p); todo.push(p); }
+    }
+  }
+  return tasks.filter((t) => !taskIds.includes(t.id) && seen.has(keyOf(t.schema_name, t.table_name)) && (t.state === 'failed' || t.state === 'blocked'));
+}
