@@ -53,10 +53,10 @@ export async function gatherAndPlan(agents: AgentLink, req: SyncRequest, opts: {
     opts.target ?? introspectTarget(agents, req),
   ]);
   // Cut into parts: the selected tables, those diffed from tracked changes into fewer (plan/split.ts).
-  const targetByKey = new Map(target.tables.map((t) => [`${t.schema}.${t.name}`, t]));
+  const key = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
+  const targetByKey = new Map(target.tables.map((t) => [key(t), t]));
   const selected = selectTables(source.tables, req.tables);
-  const tracked = new Set(selected.filter((t) => trackedChanges(t, targetByKey.get(`${t.schema}.${t.name}`), { diff: req.diff, mode: req.mode, changes: opts.changes }))
-    .map((t) => `${t.schema}.${t.name}`));
+  const tracked = new Set(selected.filter((t) => trackedChanges(t, targetByKey.get(key(t)), { diff: req.diff, mode: req.mode, changes: opts.changes })).map(key));
   const splits = await splitBigTables(agents, req.from.agent_group, sealed(req.from), selected, req.splitRows ?? DEFAULT_SPLIT_ROWS, opts.snapshotId ?? '', tracked);
   const planned = planSync({
     jobId: opts.jobId ?? randomUUID(), source, target, tables: req.tables, mode: req.mode, batchBytes: req.batchBytes,

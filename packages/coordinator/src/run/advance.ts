@@ -74,10 +74,9 @@ export class JobRunner {
     return result;
   }
 
-  /** Serialises work per job inside this process. */
+  /** Serialises work per job inside this process (on the chain of exclusive); never rejects. */
   advance(jobId: string): Promise<void> {
-    const prev = this.#chains.get(jobId) ?? Promise.resolve();
-    const next = prev.then(() => this.#advance(jobId)).then(() => { this.#failures.delete(jobId); }).catch(async (e) => {
+    return this.exclusive(jobId, () => this.#advance(jobId).then(() => { this.#failures.delete(jobId); }).catch(async (e) => {
       const err = toSyncflowError(e);
       if (!err.retryable) {
         // e.g. a restored foreign key that the data violates: retrying cannot help, the job fails (never stuck).
@@ -99,10 +98,7 @@ export class JobRunner {
       this.#failures.set(jobId, { n, said: say ? message : last!.said });
       if (say) await this.d.jobs.log(jobId, null, 'warn', `waiting to advance the job (attempt ${n}, next in ${Math.round(delay / 1000)} s): ${message}`).catch(() => undefined);
       setTimeout(() => void this.advance(jobId), delay).unref();
-    });
-    this.#chains.set(jobId, next);
-    void next.finally(() => { if (this.#chains.get(jobId) === next) this.#chains.delete(jobId); });
-    return next;
+    }));
   }
 
   async #advance(jobId: string): Promise<void> {

@@ -81,14 +81,15 @@ async function buildReport(d: RunnerDeps, job: JobRow): Promise<pb.JobReport> {
     const t = parts[0]!;
     const quarantined = Number(counts.find((c) => c.schema === t.schema_name && c.table === t.table_name)?.rows ?? 0);
     let verification: string;
+    const verifyLater = `syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })}`;
     const notDone = parts.filter((p) => p.state !== 'done');
     if (!isTerminalJob(job.state)) verification = 'not verified: the job is still running';
     else if (rolled.at) verification = 'not verified: the job was rolled back';
     else if (job.state === 'failed' || job.state === 'cancelled') verification = `not verified: the job ${job.state}`;
     else if (notDone.length) verification = `not verified: the table was not synced (${notDone.length === parts.length ? notDone[0]!.state : `${notDone.length} of ${parts.length} parts ${notDone[0]!.state}`})`;
-    else if ((job.spec as { verify?: string }).verify === 'off') verification = `not verified: the job asked for no verification (--verify off; syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
+    else if ((job.spec as { verify?: string }).verify === 'off') verification = `not verified: the job asked for no verification (--verify off; ${verifyLater})`;
     else if (!conns) verification = `not verified: ${unreachable}`;
-    else if (Date.now() >= deadline) verification = `not verified: the report's ${VERIFY_BUDGET_MS / 60_000} min for verification ran out (syncflow verify --tables ${tableName({ schema: t.schema_name, table: t.table_name })})`;
+    else if (Date.now() >= deadline) verification = `not verified: the report's ${VERIFY_BUDGET_MS / 60_000} min for verification ran out (${verifyLater})`;
     else {
       try {
         const r = await compareTable(d.agents, side(conns[0]), side(conns[1]), compareSpec(t, 5), { deadline });
