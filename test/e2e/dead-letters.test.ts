@@ -140,6 +140,11 @@ describe('one table fails for good', () => {
     expect(await fk()).toEqual([true]);
     const again = await stack.cli(['dlq', 'list', '--job', job.id, '--json']);
     expect((JSON.parse(again.stdout) as pb.ListDeadLettersResponse__Output).dead_letters).toHaveLength(0);
+    // Retrying it once more (as an operator going down an older list would) changes nothing.
+    const twice = await stack.cli(['dlq', 'retry', dls[0]!.id]);
+    expect(twice.code, twice.stderr).toBe(0);
+    expect(twice.stdout).toMatch(/job .* completed/);
+    expect((await api.call<pb.Job__Output>('GetJob', { id: job.id })).state).toBe('JOB_STATE_COMPLETED');
     const logs = await stack.cli(['job', 'logs', job.id]);
     expect(logs.code, logs.stderr).toBe(0);
     expect(logs.stdout).toMatch(/dead letter \d+ retried/);

@@ -40,6 +40,10 @@ export function reliabilityService(d: RunnerDeps, runner: JobRunner, authed: Aut
     RetryDeadLetter: authed(async (raw: pb.RetryDeadLetterRequest__Output) => {
       const { id } = parseReq(deadLetterIdReq, raw);
       const dl = await d.deadLetters.get(id);
+      // Retried already, alone or with another table (whose failed FK parent it was), and not failed
+      // again since: there is nothing left to retry, and the answer is the job as it is.
+      const task = (await d.jobs.tasks(dl.job_id)).find((t) => t.id === dl.task_id);
+      if (dl.retried_at && task?.state !== 'failed' && task?.state !== 'blocked') return jobView(dl.job_id);
       await retryTasks(d, runner, dl.job_id, `dead letter ${id} retried`, [dl.task_id]);
       await d.deadLetters.markRetried([id]);
       return jobView(dl.job_id);
