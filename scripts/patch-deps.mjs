@@ -29,6 +29,33 @@ const edits = [
 // database each pooled connection failed one later query, e.g. a finalize retried with backoff
 // failed up to the pool's size in a row (seen: a job waiting >150 s). The close forgets it.
 edits.push(['async function closed(hadError) {\n    incoming = Buffer.alloc(0)', 'async function closed(hadError) {\n    incoming = Buffer.alloc(0)\n    errorResponse = null']);
+// A connection that closes with queries in flight kept the one in flight (`query`) and any queued
+// behind it (`sent`) once rejected; a transaction's ROLLBACK sent after the close was queued behind the
+// stale one and never answered. When the pool reopened that connection for a new transaction, the
+// stale entries took the answers of its queries, one behind: the new transaction's first query got its
+// answer while the caller waited for the second, forever (seen: a target database stopped mid-load, and
+// after it was back a `dlq retry` hung in ensureTargetSchema, its session idle in transaction holding an
+// advisory lock). The close now forgets everything in flight (rejecting it), and a query run on a
+// closed connection fails at once instead of waiting in line.
+edits.push(['    !hadError && (query || sent.length) && error(Errors.connection(\'CONNECTION_CLOSED\', options, socket))',
+  `    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))
+    /* syncflow: nothing in flight after a close */
+    const lost = Errors.connection('CONNECTION_CLOSED', options)
+    stream && (stream.destroy(lost), stream = null)
+    query && (queryError(query, lost), query = null)
+    while (sent.length) queryError(sent.shift(), lost)`]);
+edits.push(["      return queryError(q, Errors.connection('CONNECTION_DESTROYED', options))\n",
+  "      return queryError(q, Errors.connection('CONNECTION_DESTROYED', options))\n\n    if (socket === null) /* syncflow: closed, not yet reopened */\n      return queryError(q, Errors.connection('CONNECTION_CLOSED', options))\n"]);
+// The same in sql.begin(): once its connection closed, the transaction's further queries (its ROLLBACK
+// among them) fail at once, as do those it had queued, instead of running on the connection after the
+// pool reopened it for someone else, outside any transaction (porsager/postgres#1155 describes both).
+const indexEdits = [
+  ['      , prepare = null\n\n    try {', '      , prepare = null\n      , closedBy = null /* syncflow: transaction connection closed */\n\n    try {'],
+  ['        new Promise((_, reject) => connection.onclose = reject)',
+    "        new Promise((_, reject) => connection.onclose = (e) => {\n          closedBy = e || Errors.connection('CONNECTION_CLOSED', options)\n          while (queries.length) queries.shift().reject(closedBy)\n          reject(e)\n        })"],
+  ['        q.catch(e => uncaughtError || (uncaughtError = e))\n', '        q.catch(e => uncaughtError || (uncaughtError = e))\n        if (closedBy)\n          return q.reject(closedBy)\n'],
+];
+
 // TCP_NODELAY on every connection (postgres.js sets none): it writes a COPY's data and its CopyDone
 // separately, and with Nagle's algorithm the second waits for the server's delayed ACK (~40 ms on
 // Linux), twice per COPY; measured, a 200,000-row apply in 4,000-row batches took 17-20 s with Nagle
@@ -160,16 +187,21 @@ if (version !== WANTED) {
   console.error(`patch-deps: postgres ${version} is not ${WANTED}: not patched (check porsager/postgres#1208 is fixed in it)`);
   process.exit(0);
 }
-for (const file of ['src/connection.js', 'cjs/src/connection.js']) {
+for (const [file, fileEdits, what] of [
+  ['src/connection.js', edits, 'null-socket guard, nothing in flight after a close, TCP_NODELAY, COPY in/out without per-row or per-chunk copies'],
+  ['cjs/src/connection.js', edits, 'the same'],
+  ['src/index.js', indexEdits, 'transactions whose connection closed'],
+  ['cjs/src/index.js', indexEdits, 'the same'],
+]) {
   const path = join(pkgDir, file);
   const before = readFileSync(path, 'utf8');
   let text = before;
   // Each edit once: an install patched by an older version of this script gets only what it lacks.
-  for (const [from, to] of edits) if (!text.includes(to)) text = replaceOnce(text, from, to, file);
-  for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
+  for (const [from, to] of fileEdits) if (!text.includes(to)) text = replaceOnce(text, from, to, file);
+  if (fileEdits === edits) for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
   if (text === before) continue;
   writeFileSync(path, text);
-  console.error(`patch-deps: patched postgres ${version} ${file} (null-socket guard, stale errors after a close, TCP_NODELAY, COPY in/out without per-row or per-chunk copies)`);
+  console.error(`patch-deps: patched postgres ${version} ${file} (${what})`);
 }
 
 function replaceOnce(text, from, to, file) {

@@ -60,17 +60,25 @@ function sourceLogs(): string[] {
 
 async function finish(db: string, jobId: string, timeoutMs = 300_000): Promise<pb.Job__Output> {
   return api.waitJob(jobId, timeoutMs).catch(async (e) => {
-    throw new Error(`${(e as Error).message}\n${await diagnostics(jobId)}`);
+    throw new Error(`${(e as Error).message}\n${await diagnostics(jobId, db)}`);
   });
 }
 
-/** What a failure message needs: the tasks, the job's log, the warnings and errors of the coordinator and the agents (their logs go with the stack at the end of the file). */
-async function diagnostics(jobId: string): Promise<string> {
+/**
+ * What a failure message needs: the tasks, the job's log, the warnings and errors of the coordinator
+ * and the agents (their logs go with the stack at the end of the file), and what the target database's
+ * sessions are doing or waiting for.
+ */
+async function diagnostics(jobId: string, db: string): Promise<string> {
   const j = await api.call<pb.Job__Output>('GetJob', { id: jobId });
   const logs = await stack.cli(['job', 'logs', jobId]);
   const warnings = (p: ManagedProcess) => p.logs().split('\n').filter((l) => /"level":[456]0/.test(l)).slice(-30).join('\n');
+  const sessions = await b.sql(db)`
+    SELECT pid, application_name AS app, state, wait_event_type AS wait_type, wait_event AS wait, xact_start, left(query, 160) AS query,
+      pg_blocking_pids(pid) AS blocked_by
+    FROM pg_stat_activity WHERE datname = ${db} AND pid <> pg_backend_pid()`.catch((e: Error) => e.message);
   return `tasks: ${JSON.stringify(j.tasks.map((t) => [t.table, t.state, t.attempts, t.error]))}\n${logs.stdout}\ncoordinator:\n${warnings(stack.coordinator!)}\n`
-    + `target agent:\n${warnings(stack.agent(agentIds.b))}\nlogs: ${stack.logDir}`;
+    + `target agent:\n${warnings(stack.agent(agentIds.b))}\ntarget sessions: ${JSON.stringify(sessions, null, 1)}\nlogs: ${stack.logDir}`;
 }
 
 async function verify(db: string, jobId: string, label: string): Promise<{ reworkRows: number; reworkBatches: number }> {
@@ -135,7 +143,7 @@ describe('the target database down for 20 s', () => {
       expect(dls.length).toBeGreaterThan(0);
       for (const d of dls) {
         const r = await stack.cli(['dlq', 'retry', d.id]);
-        if (r.code !== 0) throw new Error(`dlq retry ${d.id} exited ${r.code}: ${r.stderr}\n${await diagnostics(jobId)}`);
+        if (r.code !== 0) throw new Error(`dlq retry ${d.id} exited ${r.code}: ${r.stderr}\n${await diagnostics(jobId, 'outage')}`);
         retried++;
       }
       job = await finish('outage', jobId);

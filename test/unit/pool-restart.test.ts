@@ -6,7 +6,9 @@ import { PgCluster } from '../harness/index.js';
  * The agents' pool across an outage and a restart of its database (scripts/patch-deps.mjs): queries in flight when
  * the server ends their connections fail, and afterwards every connection of the pool, reconnected,
  * answers. Unpatched, postgres.js kept each connection's 57P01 and failed its first later query with
- * it, one stale failure per connection (a finalize retried with backoff waited minutes).
+ * it, one stale failure per connection (a finalize retried with backoff waited minutes); and a
+ * transaction cut by the stop left its ROLLBACK queued on the closed connection, so the next
+ * transaction on it, after the restart, waited forever for the answer to its first query.
  */
 const MAX = 4;
 let pg: PgCluster;
@@ -61,4 +63,36 @@ it('while the database is down queries fail at once, and once it is back the nex
   console.log(`[pool-restart] slowest failure while down ${slowest.down} ms; first answer after the restart ${slowest.up} ms`);
   expect(slowest.down).toBeLessThan(3_000);
   expect(slowest.up).toBeLessThan(3_000);
+}, 60_000);
+
+it('a transaction cut by the stop leaves nothing behind: transactions after the restart answer', async () => {
+  // Both of the pool's connections (max: 2) inside a transaction when the database stops; nothing
+  // queries it while it is down (the breaker refuses work then), so the pool reopens those very
+  // connections once it is back.
+  const small = createPool(pg.url('postgres'), { max: 2, applicationName: 'syncflow-test-tx' });
+  try {
+    const cut = Array.from({ length: 2 }, () => small.begin(async (tx) => {
+      await tx`SELECT 1`;
+      await tx`SELECT pg_sleep(30)`;
+    }).then(() => 'committed', (e: { code?: string }) => e.code ?? 'error'));
+    await expect.poll(async () => {
+      const [r] = await pg.sql()<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'syncflow-test-tx' AND state = 'active'`;
+      return r!.n;
+    }, { timeout: 10_000 }).toBe(2);
+    await pg.stop();
+    expect(await Promise.all(cut)).toEqual(['CONNECTION_CLOSED', 'CONNECTION_CLOSED']);
+    await pg.start();
+    const within = <T>(p: Promise<T>, what: string) => Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: no answer in 10 s`)), 10_000))]);
+    for (let i = 0; i < 4; i++) {
+      const got = await within(small.begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock(42)`;
+        const [a] = await tx<{ a: number }[]>`SELECT ${i}::int AS a`;
+        const [b] = await tx<{ b: string }[]>`SELECT 'second' AS b`;
+        return [a!.a, b!.b];
+      }), `transaction ${i} after the restart`);
+      expect(got).toEqual([i, 'second']);
+    }
+  } finally {
+    await small.end({ timeout: 1 }).catch(() => undefined);
+  }
 }, 60_000);
