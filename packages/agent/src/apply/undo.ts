@@ -114,8 +114,12 @@ export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, confli
     return { inserted: r.count, updated: 0 };
   }
   const keyEq = joinFragments(tx, u.key.columns.map((c) => tx`s.${ident(tx, c)} = t.${ident(tx, c)}`), ' AND ');
+  // The before-images: one index lookup per staged row, in a LATERAL subquery (its FOR UPDATE keeps the
+  // planner from flattening it). As a join, the stage without statistics got a merge join that read the
+  // table's whole primary key index for every batch: 200 000 entries for 2 000 customers updated (50 of
+  // the statement's 104 ms), 2.2 M for an order_items batch of a re-sync.
   const [r] = await tx<{ i: string; u: string }[]>`
-    WITH b AS (SELECT ${key} AS key, ROW(t.*)::text AS before FROM ${table} t JOIN ${st} s ON ${keyEq} FOR UPDATE OF t),
+    WITH b AS (SELECT x.* FROM ${st} s CROSS JOIN LATERAL (SELECT ${key} AS key, ROW(t.*)::text AS before FROM ${table} t WHERE ${keyEq} FOR UPDATE) x),
          -- the InitPlan over b makes every before-image read (and locked) before the first row is written
          up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st} WHERE (SELECT count(*) FROM b) >= 0
                 ON CONFLICT (${identList(tx, u.key.columns)}) ${conflict}
