@@ -187,18 +187,19 @@ if (version !== WANTED) {
   console.error(`patch-deps: postgres ${version} is not ${WANTED}: not patched (check porsager/postgres#1208 is fixed in it)`);
   process.exit(0);
 }
-for (const [file, fileEdits, what] of [
-  ['src/connection.js', edits, 'null-socket guard, nothing in flight after a close, TCP_NODELAY, COPY in/out without per-row or per-chunk copies'],
-  ['cjs/src/connection.js', edits, 'the same'],
-  ['src/index.js', indexEdits, 'transactions whose connection closed'],
-  ['cjs/src/index.js', indexEdits, 'the same'],
+// [file, edits made once, edits made at every occurrence, what the log line says]
+for (const [file, fileEdits, everywhere, what] of [
+  ['src/connection.js', edits, copyEdits, 'null-socket guard, nothing in flight after a close, TCP_NODELAY, COPY in/out without per-row or per-chunk copies'],
+  ['cjs/src/connection.js', edits, copyEdits, 'the same'],
+  ['src/index.js', indexEdits, [], 'transactions whose connection closed'],
+  ['cjs/src/index.js', indexEdits, [], 'the same'],
 ]) {
   const path = join(pkgDir, file);
   const before = readFileSync(path, 'utf8');
   let text = before;
   // Each edit once: an install patched by an older version of this script gets only what it lacks.
   for (const [from, to] of fileEdits) if (!text.includes(to)) text = replaceOnce(text, from, to, file);
-  if (fileEdits === edits) for (const [from, to] of copyEdits) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
+  for (const [from, to] of everywhere) text = text.split(from).join(to); // CopyIn and CopyBoth streams (a no-op once done)
   if (text === before) continue;
   writeFileSync(path, text);
   console.error(`patch-deps: patched postgres ${version} ${file} (${what})`);

@@ -19,6 +19,14 @@ beforeAll(async () => {
   sql = createPool(pg.url('postgres'), { max: MAX, applicationName: 'syncflow-test-pool' });
 });
 
+/** Waits until `n` sessions of the application run a query (the pool's queries are in flight). */
+async function untilActive(app: string, n: number): Promise<void> {
+  await expect.poll(async () => {
+    const [r] = await pg.sql()<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app} AND state = 'active'`;
+    return r!.n;
+  }, { timeout: 10_000 }).toBe(n);
+}
+
 afterAll(async () => {
   await sql?.end({ timeout: 1 }).catch(() => undefined);
   await pg?.destroy();
@@ -26,10 +34,7 @@ afterAll(async () => {
 
 it('after a restart of the database no pooled connection fails a query with an error of before the restart', async () => {
   const inFlight = Array.from({ length: MAX }, () => sql`SELECT pg_sleep(30)`.then(() => 'answered', (e: { code?: string }) => e.code ?? 'error'));
-  await expect.poll(async () => {
-    const [r] = await pg.sql()<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'syncflow-test-pool' AND state = 'active'`;
-    return r!.n;
-  }, { timeout: 10_000 }).toBe(MAX);
+  await untilActive('syncflow-test-pool', MAX);
   await pg.stop();
   expect(new Set(await Promise.all(inFlight))).not.toContain('answered');
   await pg.start();
@@ -75,10 +80,7 @@ it('a transaction cut by the stop leaves nothing behind: transactions after the 
       await tx`SELECT 1`;
       await tx`SELECT pg_sleep(30)`;
     }).then(() => 'committed', (e: { code?: string }) => e.code ?? 'error'));
-    await expect.poll(async () => {
-      const [r] = await pg.sql()<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'syncflow-test-tx' AND state = 'active'`;
-      return r!.n;
-    }, { timeout: 10_000 }).toBe(2);
+    await untilActive('syncflow-test-tx', 2);
     await pg.stop();
     expect(await Promise.all(cut)).toEqual(['CONNECTION_CLOSED', 'CONNECTION_CLOSED']);
     await pg.start();
