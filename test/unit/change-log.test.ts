@@ -46,6 +46,10 @@ describe('change log: test_decoding lines', () => {
     expect(k.tuples.map((t) => [...t])).toEqual([[['id', '5'], ['b', 'y']], [['b', 'z'], ['id', '6']]]);
     // A table without a key is read whole.
     expect([...parseChange(`table public.u: INSERT: x[int]:1 y[int]:2`, false, keyOf).tuples[0]!]).toEqual([['x', '1'], ['y', '2']]);
+    // Skipped tables: only the table and the operation are read (the broken row after them is never seen).
+    const skipped = parseChange(`table public.u: INSERT: x[int]:'unterminated`, false, keyOf, (_s, t) => t === 'u');
+    expect(skipped).toEqual({ tables: [{ schema: 'public', table: 'u' }], op: 'INSERT', tuples: [] });
+    expect(parseChange(`table public.t: DELETE: id[bigint]:4`, false, keyOf, (_s, t) => t === 'u').tuples).toHaveLength(1);
   });
 
   it('refuses what it does not understand instead of guessing', () => {

@@ -152,6 +152,13 @@ export class ChangeLog {
     only: Set<string> | null): Promise<Set<string>> {
     const later = new Set<string>();
     const keyOf = (schema: string, table: string) => tables.get(tableKey(schema, table))?.key ?? null;
+    // Rows whose keys this pass cannot use are not parsed: keyless tables, tables found unusable, tables of the other pass.
+    const skip = (schema: string, table: string) => {
+      const info = tables.get(tableKey(schema, table));
+      if (!info?.key) return true;
+      const k = tableKey(info.root.schema, info.root.table);
+      return (only ? !only.has(k) : later.has(k)) || out.tables.get(k)?.unusable !== undefined;
+    };
     out.passes++;
     const cursor = tx<{ data: string; cut: boolean }[]>`
       SELECT left(data, ${lineLength}) AS data, length(data) > ${lineLength} AS cut
@@ -164,7 +171,7 @@ export class ChangeLog {
       for (const { data, cut } of rows) {
         if (out.overflow) break decoding;
         if (!only) out.changes++;
-        const change = parseChange(data, cut, keyOf);
+        const change = parseChange(data, cut, keyOf, skip);
         for (const name of change.tables) {
           // A partition's changes count for the partitioned table the tasks sync. A table missing from
           // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
@@ -241,9 +248,11 @@ const malformed = (line: string, why: string) => new Error(`unexpected test_deco
  * (type output functions). `cut`: the line was cut short (FIRST_LINE, MAX_LINE); its tuple holds the columns
  * printed whole before the cut, and the value the cut may have shortened is left out. `keyOf`: the
  * key columns of a table (null: none); the row's tuple is read only until it holds them all (keys
- * usually come first: the rest of a wide row is not parsed).
+ * usually come first: the rest of a wide row is not parsed). `skip`: tables whose rows are not read at
+ * all (their tuples come back empty; a decode skips keyless tables and those it already found unusable).
  */
-export function parseChange(line: string, cut = false, keyOf?: (schema: string, table: string) => readonly string[] | null): ParsedChange {
+export function parseChange(line: string, cut = false, keyOf?: (schema: string, table: string) => readonly string[] | null,
+  skip?: (schema: string, table: string) => boolean): ParsedChange {
   const p = { s: line, i: 'table '.length };
   const tables: { schema: string; table: string }[] = [];
   for (;;) {
@@ -261,7 +270,7 @@ export function parseChange(line: string, cut = false, keyOf?: (schema: string, 
   if (op !== 'INSERT' && op !== 'UPDATE' && op !== 'DELETE' && op !== 'TRUNCATE') throw malformed(line, 'operation');
   p.i = end + 1;
   const tuples: Map<string, Value>[] = [];
-  if (op !== 'TRUNCATE') {
+  if (op !== 'TRUNCATE' && !(tables.length === 1 && skip?.(tables[0]!.schema, tables[0]!.table))) {
     if (p.s[p.i] === ' ') p.i++;
     if (p.s.startsWith('(no-tuple-data)', p.i)) return { tables, op, tuples };
     if (p.s.startsWith('old-key: ', p.i)) {
@@ -283,10 +292,17 @@ interface Cursor { s: string; i: number }
 /** An identifier as quote_identifier prints it: bare, or in double quotes with "" for a quote. */
 function identifier(p: Cursor): string {
   if (p.s[p.i] !== '"') {
-    const m = /^[a-z_][a-z0-9_$]*/.exec(p.s.slice(p.i, p.i + 128));
-    if (!m) throw malformed(p.s, 'identifier');
-    p.i += m[0].length;
-    return m[0];
+    // [a-z_][a-z0-9_$]*, scanned by character code: the hottest path of a decode (a name per column printed).
+    const start = p.i;
+    let j = start;
+    for (; j < p.s.length; j++) {
+      const c = p.s.charCodeAt(j);
+      const ok = (c >= 97 && c <= 122) || c === 95 || (j > start && ((c >= 48 && c <= 57) || c === 36));
+      if (!ok) break;
+    }
+    if (j === start) throw malformed(p.s, 'identifier');
+    p.i = j;
+    return p.s.slice(start, j);
   }
   let out = '';
   for (let j = p.i + 1; j < p.s.length; j++) {
