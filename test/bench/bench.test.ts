@@ -13,7 +13,7 @@ import { Api } from '../harness/api.js';
 import { CpuMeter } from '../harness/rss.js';
 import { generate, FK_ORDER } from './dataset.js';
 import { ensurePgcopydb, runNaive, runPgcopydb, runPsqlPipe, type Measured } from './baselines.js';
-import { changeOnePercent, runSyncflow, type SyncflowMeasured } from './syncflow-runs.js';
+import { changeOnePercent, runSyncflow, startAgents, stopAgents, type AgentSession, type SyncflowMeasured } from './syncflow-runs.js';
 import { machineInfo, table, writeReport, type BenchEntry, type BenchReport } from './report.js';
 
 const scale = Number(process.env.BENCH_SCALE ?? '1');
@@ -146,27 +146,46 @@ it(`bench at scale ${scale}`, async () => {
   }
   await record('psql', 'psql COPY pipe (2 at a time)', 'bench_psql', totalRows, tableBytes, () => runPsqlPipe(a, 'shop', b, 'bench_psql'));
   await record('naive', 'naive batched upsert (1000 rows)', 'bench_naive', totalRows, tableBytes, () => runNaive(a, 'shop', b, 'bench_naive'));
-  await record('load', 'syncflow initial load', 'bench_sf', totalRows, tableBytes,
-    () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('load') }), true);
+  // The re-sync runs on the agents that did the load, as an operator's agents (long-running services)
+  // take the next job; a second one, after another 1 % changed, on freshly started agents. They stop
+  // before the +10 ms run, whose tasks they could otherwise take.
+  const resync = wanted('resync') && wanted('load');
+  let session = resync ? await startAgents(stack, 0, profEnv('load')) : undefined;
+  try {
+    await record('load', 'syncflow initial load', 'bench_sf', totalRows, tableBytes,
+      () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('load'), session }), true);
+    const changeAndResync = async (label: string, agents: AgentSession | undefined, keep: boolean) => {
+      const changed = await changeOnePercent(a, 'shop');
+      const n = changed.updated + changed.inserted + changed.deleted;
+      console.log(`changed ${n} rows on the source (${(100 * n / totalRows).toFixed(2)} %): ${JSON.stringify(changed)}`);
+      srcHashes = await databaseHashes(a.sql('shop'), ['public']);
+      const after = await sizeQuery();
+      const rowsNow = [...srcHashes.values()].reduce((x, h) => x + h.rows, 0);
+      await record('resync', `syncflow mirror re-sync after ${(100 * n / totalRows).toFixed(1)} % changed${label}`, 'bench_sf', rowsNow, after.tableBytes,
+        () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_MIRROR', createTarget: false, agentEnv: profEnv('resync'), session: agents }), keep);
+      report.results.at(-1)!.notes.push(`source changes: ${JSON.stringify(changed)}`);
+    };
+    if (resync) {
+      await changeAndResync('', session, true);
+      await stopAgents(session!);
+      session = undefined;
+      await changeAndResync(', fresh agents', undefined, false);
+    }
+  } finally {
+    if (session) await stopAgents(session);
+  }
   await record('wan', 'syncflow initial load, +10 ms each way', 'bench_sf_wan', totalRows, tableBytes,
     () => runSyncflow(stack!, api!, 'shop', 'bench_sf_wan', { delayMs: 10, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('wan') }));
-  if (wanted('resync') && wanted('load')) {
-    const changed = await changeOnePercent(a, 'shop');
-    const n = changed.updated + changed.inserted + changed.deleted;
-    console.log(`changed ${n} rows on the source (${(100 * n / totalRows).toFixed(2)} %): ${JSON.stringify(changed)}`);
-    srcHashes = await databaseHashes(a.sql('shop'), ['public']);
-    const after = await sizeQuery();
-    const rowsNow = [...srcHashes.values()].reduce((x, h) => x + h.rows, 0);
-    await record('resync', `syncflow mirror re-sync after ${(100 * n / totalRows).toFixed(1)} % changed`, 'bench_sf', rowsNow, after.tableBytes,
-      () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_MIRROR', createTarget: false, agentEnv: profEnv('resync') }));
-    report.results.at(-1)!.notes.push(`source changes: ${JSON.stringify(changed)}`);
-  }
 
   const base = report.results.find((e) => e.method === 'pgcopydb clone' && e.wall_s !== null && !e.error)?.wall_s ?? null;
   const load = report.results.find((e) => e.method === 'syncflow initial load' && !e.error)?.wall_s ?? null;
   for (const e of report.results) {
     if (base && e.wall_s !== null) e.ratio_to_pgcopydb = Math.round((e.wall_s / base) * 100) / 100;
     if (e.method.includes('+10 ms') && load && e.wall_s !== null) e.notes.push(`${(e.wall_s / load).toFixed(2)} × syncflow initial load without the delay`);
+    if (e.method.includes('re-sync') && load && e.wall_s !== null) {
+      const loadWan = report.results.find((x) => x.method === 'syncflow initial load')?.wan_bytes;
+      e.notes.push(`${(100 * e.wall_s / load).toFixed(1)} % of the initial load's time${loadWan && e.wan_bytes !== null ? `, ${(100 * e.wan_bytes / loadWan).toFixed(1)} % of its bytes between the agents` : ''}`);
+    }
   }
   const file = await writeReport(report);
   console.log(`\nscale ${scale}: ${totalRows} rows, ${(tableBytes / 1e6).toFixed(0)} MB of tables (${FK_ORDER.length} tables)\n${table(report)}\n\nwritten to ${file} and bench/results/latest.json`);

@@ -24,6 +24,35 @@ export interface SyncflowRunOptions {
   createTarget: boolean;
   /** Extra agent env (e.g. NODE_OPTIONS=--cpu-prof). */
   agentEnv?: Record<string, string>;
+  /**
+   * Agents (and their proxy) kept running from an earlier run and left running after this one, as an
+   * operator's agents run between jobs; without it the run starts fresh agents and stops them after.
+   */
+  session?: AgentSession;
+}
+
+/** A source agent (group a), a target agent (group b), the proxy the target agent advertises, and the runs they served. */
+export interface AgentSession { agents: ManagedProcess[]; proxy: DelayProxy; runs: number }
+
+/** Starts the two agents of a run; the target agent listens on its own port and advertises a DelayProxy in front of it. */
+export async function startAgents(stack: TestStack, delayMs: number, agentEnv: Record<string, string> = {}): Promise<AgentSession> {
+  const listenPort = await freePort();
+  const proxy = await DelayProxy.start({ target: `127.0.0.1:${listenPort}`, delayMs });
+  const agents: ManagedProcess[] = [];
+  try {
+    agents.push(await stack.startAgent('a', undefined, { ...agentEnv }));
+    agents.push(await stack.startAgent('b', undefined, { ...agentEnv, SYNCFLOW_LISTEN: `127.0.0.1:${listenPort}`, SYNCFLOW_ADVERTISE: proxy.address }));
+  } catch (e) {
+    await stopAgents({ agents, proxy, runs: 0 });
+    throw e;
+  }
+  return { agents, proxy, runs: 0 };
+}
+
+/** SIGTERM: agents leave the registry (and write --cpu-prof profiles) on a clean stop. */
+export async function stopAgents(s: AgentSession): Promise<void> {
+  await Promise.all(s.agents.map((a) => a.stop(30_000)));
+  await s.proxy.stop();
 }
 
 /** Target databases whose connection pair exists. */
@@ -37,13 +66,11 @@ const connected = new Set<string>();
 export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: string, opts: SyncflowRunOptions): Promise<SyncflowMeasured> {
   const source = stack.region('a');
   const target = stack.region('b');
-  const listenPort = await freePort();
-  const proxy = await DelayProxy.start({ target: `127.0.0.1:${listenPort}`, delayMs: opts.delayMs });
-  const agents: ManagedProcess[] = [];
+  const session = opts.session ?? await startAgents(stack, opts.delayMs, opts.agentEnv);
+  const { agents, proxy } = session;
   try {
-    agents.push(await stack.startAgent('a', undefined, { ...opts.agentEnv }));
-    agents.push(await stack.startAgent('b', undefined, { ...opts.agentEnv, SYNCFLOW_LISTEN: `127.0.0.1:${listenPort}`, SYNCFLOW_ADVERTISE: proxy.address }));
-    const rss = new RssSampler(() => ({ 'source agent': [agents[0]!.pid ?? 0], 'target agent': [agents[1]!.pid ?? 0] }), { useHwm: true }).start();
+    // Agents of their first run: their high-water mark is this run's peak. Later runs: sampled (the mark may be an earlier run's).
+    const rss = new RssSampler(() => ({ 'source agent': [agents[0]!.pid ?? 0], 'target agent': [agents[1]!.pid ?? 0] }), { useHwm: session.runs++ === 0 }).start();
     const cpu = new CpuMeter(() => ({
       'source pg': source.postmasterPid() ?? 0, 'target pg': target.postmasterPid() ?? 0,
       'source agent': agents[0]!.pid ?? 0, 'target agent': agents[1]!.pid ?? 0,
@@ -77,9 +104,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
     if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): syncflow sets the empty tables\' secondary indexes and FKs aside for the load and rebuilds them after it (its default), so the end state equals pgcopydb\'s');
     return { wallS, peakRssMb, cpuS, notes, wanBytes: proxy.bytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
   } finally {
-    // SIGTERM: agents leave the registry (and write --cpu-prof profiles) on a clean stop.
-    await Promise.all(agents.map((a) => a.stop(30_000)));
-    await proxy.stop();
+    if (!opts.session) await stopAgents(session);
   }
 }
 
@@ -105,7 +130,7 @@ export async function changeOnePercent(source: PgCluster, db: string): Promise<{
     await count('deleted', 'DELETE FROM payments WHERE order_id % 1000 = 17');
     await count('deleted', 'DELETE FROM orders WHERE id % 1000 = 17');
     await count('deleted', "DELETE FROM events WHERE kind = 'login' AND customer_id % 97 = 1");
-    await count('inserted', `INSERT INTO customers SELECT ${maxc} + g, 'new' || g || '@example.com', 'New ' || g, 'DE', now(), 0, true FROM generate_series(1, (${maxc} / 200)::int) g`);
+    await count('inserted', `INSERT INTO customers SELECT ${maxc} + g, 'new' || (${maxc} + g) || '@example.com', 'New ' || g, 'DE', now(), 0, true FROM generate_series(1, (${maxc} / 200)::int) g`);
     await count('inserted', `INSERT INTO orders SELECT ${maxo} + g, 1 + g % ${maxc}, 1 + g, 'new', now(), 10.5, NULL FROM generate_series(1, (${maxo} / 500)::int) g`);
     await count('inserted', `INSERT INTO order_items SELECT ${maxo} + g, l, 1 + g % 7, l, 1.25 FROM generate_series(1, (${maxo} / 500)::int) g, generate_series(1, 2) l`);
     await count('inserted', `INSERT INTO payments SELECT ${maxp} + g, ${maxo} + g, 10.5, 'card', now(), md5('newpay' || g)::uuid FROM generate_series(1, (${maxo} / 500)::int) g`);
