@@ -178,12 +178,13 @@ it(`bench at scale ${scale}`, async () => {
     () => runSyncflow(stack!, api!, 'shop', 'bench_sf_wan', { delayMs: 10, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('wan') }));
 
   const base = report.results.find((e) => e.method === 'pgcopydb clone' && e.wall_s !== null && !e.error)?.wall_s ?? null;
-  const load = report.results.find((e) => e.method === 'syncflow initial load' && !e.error)?.wall_s ?? null;
+  const loadEntry = report.results.find((e) => e.method === 'syncflow initial load' && !e.error);
+  const load = loadEntry?.wall_s ?? null;
   for (const e of report.results) {
     if (base && e.wall_s !== null) e.ratio_to_pgcopydb = Math.round((e.wall_s / base) * 100) / 100;
     if (e.method.includes('+10 ms') && load && e.wall_s !== null) e.notes.push(`${(e.wall_s / load).toFixed(2)} × syncflow initial load without the delay`);
     if (e.method.includes('re-sync') && load && e.wall_s !== null) {
-      const loadWan = report.results.find((x) => x.method === 'syncflow initial load')?.wan_bytes;
+      const loadWan = loadEntry?.wan_bytes;
       e.notes.push(`${(100 * e.wall_s / load).toFixed(1)} % of the initial load's time${loadWan && e.wan_bytes !== null ? `, ${(100 * e.wan_bytes / loadWan).toFixed(1)} % of its bytes between the agents` : ''}`);
     }
   }

@@ -152,12 +152,14 @@ export class ChangeLog {
     only: Set<string> | null): Promise<Set<string>> {
     const later = new Set<string>();
     const keyOf = (schema: string, table: string) => tables.get(tableKey(schema, table))?.key ?? null;
+    /** A table (its root's tableKey) whose changes the other pass reads. */
+    const otherPass = (k: string) => (only ? !only.has(k) : later.has(k));
     // Rows whose keys this pass cannot use are not parsed: keyless tables, tables found unusable, tables of the other pass.
     const skip = (schema: string, table: string) => {
       const info = tables.get(tableKey(schema, table));
       if (!info?.key) return true;
       const k = tableKey(info.root.schema, info.root.table);
-      return (only ? !only.has(k) : later.has(k)) || out.tables.get(k)?.unusable !== undefined;
+      return otherPass(k) || out.tables.get(k)?.unusable !== undefined;
     };
     out.passes++;
     const cursor = tx<{ data: string; cut: boolean }[]>`
@@ -177,7 +179,7 @@ export class ChangeLog {
           // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
           const { root, key } = tables.get(tableKey(name.schema, name.table)) ?? { root: name, key: null };
           const k = tableKey(root.schema, root.table);
-          if (only ? !only.has(k) : later.has(k)) continue;
+          if (otherPass(k)) continue;
           let t = out.tables.get(k);
           if (!t) {
             t = { key, keys: new Map() };
