@@ -111,14 +111,15 @@ describe('diff re-sync', () => {
     // One line per table: the keyed ones from the tracked changes, the keyless one by comparing hash buckets.
     expect(diffLines).toHaveLength(4);
     for (const l of diffLines.filter((x) => !x.startsWith('public.events:'))) {
-      expect(l).toMatch(/diff from tracked changes: \d+ key\(s\) of the table changed since its last sync, \d+ in this task's key range(, prepared ahead of its FK level)?; \d+ rows shipped/);
+      expect(l).toMatch(/diff from tracked changes: \d+ key\(s\) of the table changed since its last sync, \d+ in this task's key range(, prepared ahead of its FK level)?; \d+ rows shipped(, read ahead of its FK level)? \(/);
     }
     expect(diffLines.find((l) => l.startsWith('public.events:'))).toMatch(/diff: \d+ of \d+ coarse buckets differed, \d+ of \d+ fine buckets; \d+ rows shipped/);
     // The load's slot was dropped once this job's slot became every table's baseline.
     expect(before).toHaveLength(1);
     expect(await slots()).toEqual([slotOf(job.id)]);
-    // orders (FK level 1) compared its buckets while its parents shipped: the source agent had its filter ready.
-    expect(diffLines.find((l) => l.startsWith('public.orders:'))).toContain('prepared ahead of its FK level');
+    // orders (FK level 1) compared its buckets while its parents shipped: the source agent had its filter
+    // ready, and the rows it ships read out of the job snapshot (SYNCFLOW_READ_AHEAD_BYTES).
+    expect(diffLines.find((l) => l.startsWith('public.orders:'))).toMatch(/prepared ahead of its FK level; [1-9]\d* rows shipped, read ahead of its FK level \(/);
     const shipped = Number(job.rows);
     console.log(`[diff] ${changed} rows changed; re-sync shipped ${shipped} of ${TOTAL} rows, deleted ${job.rows_deleted}\n  ${diffLines.join('\n  ')}`);
     expect(shipped).toBeGreaterThanOrEqual(changed * 0.5); // deletes ship nothing; every update and insert ships
@@ -248,17 +249,22 @@ describe('diff re-sync', () => {
     for (const t of ['wide_mid', 'wide_first']) expect(cut.diffLines.find((l) => l.startsWith(`public.${t}:`))).toContain('diff from tracked changes: 3 key(s)');
     expect(await same()).toEqual([]);
 
-    // A source agent that keeps at most 50 changed keys; 60 rows of customers change. orders shares
-    // customers' change slot (both last synced by the truncate test's job), so it hashes too.
+    // A source agent that keeps at most 50 changed keys; 60 rows of customers change, and 6 of orders
+    // (3 000 rows again, synced first): both decode a slot holding all 66 changes, so both hash. orders'
+    // rows do not fit the agent's read-ahead budget (1 byte): its task reads them when its level comes.
+    await a.exec('shop', `INSERT INTO orders SELECT g, 1 + g % 100, 1.00, NULL FROM generate_series(2, 3000) g`);
+    await sync('SYNC_MODE_MIRROR', { tables: ['orders'] });
     const sources = [...stack.agents.values()].filter((p) => p.running && p.name.startsWith('agent-a-'));
-    const limited = await stack.startAgent('a', undefined, { SYNCFLOW_CHANGE_MAX_KEYS: '50' });
+    const limited = await stack.startAgent('a', undefined, { SYNCFLOW_CHANGE_MAX_KEYS: '50', SYNCFLOW_READ_AHEAD_BYTES: '1' });
     for (const p of sources) await p.stop();
     try {
-      await a.exec('shop', `UPDATE customers SET score = score + 3 WHERE id % 1000 = 9`);
+      await a.exec('shop', `UPDATE customers SET score = score + 3 WHERE id % 1000 = 9; UPDATE orders SET note = 'limited' WHERE id % 500 = 1`);
       const { diffLines } = await sync('SYNC_MODE_MIRROR', { tables: ['customers', 'orders'] });
       for (const t of ['customers', 'orders']) {
         expect(diffLines.find((l) => l.startsWith(`public.${t}:`))).toMatch(/coarse buckets differ.*\(tracked changes not usable: more than 50 changed rows since the last sync\)/);
       }
+      expect(diffLines.find((l) => l.startsWith('public.orders:'))).toMatch(/prepared ahead of its FK level; [1-9]\d* rows shipped \(/);
+      expect(stack.logs()).toContain('diff: rows not read ahead; the task reads them');
       expect(await same()).toEqual([]);
     } finally {
       await stack.startAgent('a');

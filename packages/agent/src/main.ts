@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   }, `syncflow-agent-${cfg.SYNCFLOW_AGENT_GROUP}`, log);
   const snapshots = new SnapshotHolder(log, cfg.SYNCFLOW_CHANGE_SLOT_WAIT_MS);
   const changes = new ChangeLog(log, cfg.SYNCFLOW_CHANGE_MAX_KEYS);
-  const prefetch = new DiffPrefetch(log, changes);
+  const prefetch = new DiffPrefetch(log, changes, cfg.SYNCFLOW_READ_AHEAD_BYTES);
   const { server, health } = createServer(['syncflow.v1.AgentService'], cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
   server.addService(loadProtos().proto.syncflow.v1.AgentService.service, agentService(pools, snapshots, log, prefetch, changes, cfg.SYNCFLOW_UNDO_RETENTION_HOURS));
   const port = await bind(server, cfg.SYNCFLOW_LISTEN, serverCredentials(tls));

@@ -39,6 +39,7 @@ export function agentService(pools: Pools, snapshots: SnapshotHolder, log: Logge
     }),
     ReleaseSnapshot: traced('release snapshot', async (req: pb.SnapshotRequest__Output) => {
       await snapshots.release(req.job_id);
+      prefetch.dropJob(req.job_id);
       return { snapshot_id: '' };
     }),
     PrepareTarget: traced('prepare target', async (req: pb.PrepareTargetRequest__Output) => {

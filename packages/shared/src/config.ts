@@ -70,6 +70,8 @@ export const agentEnv = z.object({
   SYNCFLOW_DB_MAX_BYTES_PER_S: z.coerce.number().min(0).default(0),
   /** Bytes of batches this agent keeps in flight over all its transfers, whatever the row size. */
   SYNCFLOW_INFLIGHT_BYTES: z.coerce.number().int().min(1 << 20).default(32 << 20),
+  /** Bytes of a diff re-sync's rows this agent reads ahead of their tasks' FK levels and holds until they run (0 = none). */
+  SYNCFLOW_READ_AHEAD_BYTES: z.coerce.number().int().min(0).default(32 << 20),
   /** Largest gRPC message accepted (bytes); batches are cut well below it. */
   SYNCFLOW_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1 << 20).default(64 << 20),
   /** Hours a job's undo log is kept on its target (for rollback) before it is purged. */

@@ -1,4 +1,4 @@
-import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger, type CopyFormat } from '@syncflow/shared';
+import { ident, identList, toSyncflowError, SyncflowError, ErrorKind, type Sql, type Logger, type CopyFormat, type TaskMessage } from '@syncflow/shared';
 import { RowBatcher, leadingFields, type CutBatch } from './copy-text.js';
 import { TupleBatcher, tupleKeys } from './copy-binary.js';
 import { keyVsSettings, setKeySettings, joinFragments, type KeySpec } from './keys.js';
@@ -24,6 +24,22 @@ export interface ReadSpec {
   buckets?: BucketFilter | null;
   /** 'binary': tuples of binary COPY (the planner checked the types); default 'text'. */
   format?: CopyFormat;
+  /** Fail when the job snapshot is gone, instead of reading from a new snapshot (a read ahead must match its decision). */
+  requireSnapshot?: boolean;
+}
+
+/**
+ * A task's read of its table (range, blocks, format) in `snapshotId`, after `resumeAfter` (a keyed
+ * table's last committed key; null: from the start of the task's range), under `buckets` (a diff's filter).
+ */
+export function taskReadSpec(task: TaskMessage, snapshotId: string, resumeAfter: (string | null)[] | null, batchBytes: ReadSpec['batchBytes'],
+  buckets: BucketFilter | null): ReadSpec {
+  const keyless = task.key_columns.length === 0;
+  return {
+    schema: task.schema, table: task.table, columns: task.columns, key: { columns: task.key_columns, types: task.key_types }, snapshotId,
+    resumeAfter: keyless ? null : resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
+    blocks: task.blocks, batchBytes, buckets, format: task.copy_format,
+  };
 }
 
 export interface ReadBatch extends CutBatch {
@@ -128,7 +144,7 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
   } catch (e) {
     const err = toSyncflowError(e);
     // The exporting transaction is gone (its agent restarted): take a new snapshot and say so.
-    if (err.code === SNAPSHOT_GONE) {
+    if (err.code === SNAPSHOT_GONE && !spec.requireSnapshot) {
       log.warn({ table: spec.table }, 'job snapshot no longer exists; reading from a new snapshot');
       snapshot = 'own';
       await run(false);

@@ -25,6 +25,8 @@ export interface DiffDecision {
   message: pb.DiffFilter | null;
   fineDiffering: number;
   fineTotal: number;
+  /** Taken from the decisions prepared ahead of the task's FK level (work/diff-prefetch.ts), with the rows read ahead there. */
+  prepared?: true;
 }
 
 const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, note, wireBytes, fineDiffering: 0, fineTotal: 0, message: null });
@@ -57,7 +59,7 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
     log.warn({ err: (e as Error).message }, 'diff: the filter prepared ahead failed; computing it now');
     return undefined;
   });
-  if (early) return { ...early, note: `${early.note}, prepared ahead of its FK level` };
+  if (early) return { ...early, note: `${early.note}, prepared ahead of its FK level`, prepared: true };
   return computeDiff(task, sql, target, log, changes);
 }
 
@@ -169,7 +171,7 @@ async function peerDigests(client: pb.AgentServiceClient, task: TaskMessage, fin
 }
 
 
-/** The job log's line per task: "diff: N of M buckets differed, R rows shipped". */
-export function diffSummary(task: TaskMessage, d: DiffDecision, rows: number, bytes: number): string {
-  return `${task.schema}.${task.table}: ${d.note}; ${rows} rows shipped (${bytes} bytes of rows, ${d.wireBytes} bytes of digests and filter)`;
+/** The job log's line per task: "diff: N of M buckets differed, R rows shipped" (`readAhead`: rows read before the task's FK level came). */
+export function diffSummary(task: TaskMessage, d: DiffDecision, rows: number, bytes: number, readAhead = false): string {
+  return `${task.schema}.${task.table}: ${d.note}; ${rows} rows shipped${readAhead ? ', read ahead of its FK level' : ''} (${bytes} bytes of rows, ${d.wireBytes} bytes of digests and filter)`;
 }

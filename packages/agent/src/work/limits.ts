@@ -1,4 +1,11 @@
-import { RateLimiter, type JobRates, type AgentRegistry } from '@syncflow/shared';
+import { BatchSizer, RateLimiter, type JobRates, type AgentRegistry, type TaskMessage } from '@syncflow/shared';
+
+/**
+ * A task's batch sizer: keyed tables adapt their batch size to the target's commit latency; keyless
+ * ones keep a fixed size (undefined), because resuming them re-reads the same batches.
+ */
+export const batchSizerFor = (task: TaskMessage): BatchSizer | undefined =>
+  task.key_columns.length ? new BatchSizer(64 * 1024, task.batch_bytes) : undefined;
 
 /**
  * Per-job rate limits as this agent applies them: the job's limit shared evenly among the live

@@ -1,14 +1,14 @@
 import { createHash } from 'node:crypto';
 import {
   applyMethodToProto, publishEvent, retry, withSpan, extractContext, SpanKind, SyncflowError, ErrorKind,
-  BatchSizer, toSyncflowError, type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb, type Sql,
+  toSyncflowError, type TaskMessage, type Names, type JetStreamClient, type Logger, type EventMessage, type JobFlags, type AgentRegistry, type pb, type Sql,
 } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
-import { readTable } from '../read/table-reader.js';
+import { readTable, taskReadSpec, type ReadBatch } from '../read/table-reader.js';
 import { SNAPSHOT_ID, useSnapshot } from '../read/snapshot.js';
 import { TransferSender, type TransferStart } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
-import type { JobLimiters, InflightBytes } from './limits.js';
+import { batchSizerFor, type JobLimiters, type InflightBytes } from './limits.js';
 import { decideDiff, diffSummary } from './diff-plan.js';
 import type { DiffPrefetch } from './diff-prefetch.js';
 import type { ChangeLog } from '../read/change-log.js';
@@ -67,6 +67,12 @@ export interface TaskOutcome { rows: number; bytes: number; batches: number }
 const KEYLESS_CHANGED = 'keyless_changed';
 const keylessChanged = () => new SyncflowError(ErrorKind.FailedPrecondition, 'a keyless table read again differs from its committed batches', { code: KEYLESS_CHANGED });
 
+/** Batches read ahead (work/diff-prefetch.ts), emitted as a read of the job snapshot would emit them. */
+async function replay(batches: readonly ReadBatch[], ship: (b: ReadBatch) => Promise<void>): Promise<{ snapshot: 'job' }> {
+  for (const b of batches) await ship(b);
+  return { snapshot: 'job' };
+}
+
 /**
  * Runs one table task as its source agent: read from the job snapshot after the target's last
  * committed batch, stream to the target's agent, report checkpoints as acks come back.
@@ -85,9 +91,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
     const target = await deps.registry.pick(task.target.group);
     let sender = new TransferSender(deps.clients.get(target.address), deps.creditWindow, tlog, onAck, deps.inflight);
     const limiter = await deps.limiters.get(task.job_id);
-    // Keyed tables adapt their batch size to the target's commit latency; keyless ones keep a fixed size,
-    // because resuming them re-reads the same batches.
-    const sizer = task.key_columns.length ? new BatchSizer(64 * 1024, task.batch_bytes) : undefined;
+    const sizer = batchSizerFor(task);
     const source = await deps.pools.guarded(task.source);
     const { sql } = source;
     let restarted = false;
@@ -142,21 +146,19 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       }
       await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
+      const prepared = task.diff ? deps.prefetch?.take(task) : undefined;
       const diff = task.diff
-        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog, deps.prefetch?.take(task), deps.changes)
+        ? await decideDiff(task, sql, deps.clients.get(target.address), start, snapshotId !== '' && await jobSnapshotAlive(), tlog, prepared?.decision, deps.changes)
         : null;
       if (diff?.message) sender.sendDiff(diff.message);
+      // The prepared decision's rows, read ahead in the job snapshot from the start of the task's range.
+      const readAhead = diff?.prepared && !start.resumeAfter ? await prepared?.rows : undefined;
+      let readAheadShipped = false;
 
-      const read = async (from: TransferStart, snapshotId: string, buckets: NonNullable<typeof diff>['filter'] | null) => {
+      const read = async (from: TransferStart, snapshotId: string, buckets: NonNullable<typeof diff>['filter'] | null, ahead?: ReadBatch[]) => {
         const committed = keyless ? from.committedSeq : 0;
         let skipped = 0;
-        const readSpec = {
-          schema: task.schema, table: task.table, columns: task.columns,
-          key: { columns: task.key_columns, types: task.key_types }, snapshotId,
-          resumeAfter: keyless ? null : from.resumeAfter ?? task.range?.after ?? null, upto: task.range?.upto ?? null,
-          blocks: task.blocks, batchBytes: sizer ? () => sizer.bytes : task.batch_bytes, buckets, format: task.copy_format,
-        };
-        const result = await readTable(sql, readSpec, tlog, async (b) => {
+        const ship = async (b: ReadBatch) => {
           if (signal.aborted || await deps.flags.isCancelled(task.job_id)) throw new SyncflowError(ErrorKind.Cancelled, 'job cancelled', { code: 'cancelled' });
           if (await deps.flags.isPaused(task.job_id)) {
             // Let the batches in flight commit (their acks become the checkpoint); only the batch in
@@ -177,7 +179,10 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
           if (waited > 5_000) tlog.info({ waited_ms: waited }, 'reader held back by the job rate limit');
           await sender.send(b).catch((e) => { fromTarget.add(e as object); throw e; });
           rows += b.rows; bytes += b.data.length; batches++;
-        });
+        };
+        const spec = taskReadSpec(task, snapshotId, from.resumeAfter, sizer ? () => sizer.bytes : task.batch_bytes, buckets);
+        readAheadShipped = Boolean(ahead);
+        const result = ahead ? await replay(ahead, ship) : await readTable(sql, spec, tlog, ship);
         if (skipped < committed) throw keylessChanged(); // fewer rows than were committed
         if (committed > 0 && !snapshotId) {
           await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: no primary key and the job snapshot is gone: the ${committed} committed batch(es), read again in a new snapshot, equal the target's ledger; continued after them without sending them again` }, `${task.task_id}:verified:${delivery}`);
@@ -185,7 +190,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         return result;
       };
       const nothingDiffers = Boolean(diff?.filter) && diff?.fineDiffering === 0;
-      const { snapshot } = await (nothingDiffers ? Promise.resolve({ snapshot: 'job' as const }) : read(start, snapshotId, diff?.filter ?? null)).catch(async (e) => {
+      const { snapshot } = await (nothingDiffers ? Promise.resolve({ snapshot: 'job' as const }) : read(start, snapshotId, diff?.filter ?? null, readAhead)).catch(async (e) => {
         if (toSyncflowError(e).code !== KEYLESS_CHANGED || restarted) throw e;
         // Started over on a new stream: the target drops the bucket filter with the rows; every row ships.
         start = await restartTable('it changed since the job snapshot, which is gone');
@@ -200,7 +205,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
-      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes) }, `${task.task_id}:diff:${delivery}`);
+      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes, readAheadShipped) }, `${task.task_id}:diff:${delivery}`);
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
       await emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`);
