@@ -33,7 +33,7 @@ const TTL_MS = 30 * 60_000;
 
 export type TableChanges = { keys: (string | null)[][] } | { unusable: string };
 
-/** A table's changed keys, each once (by its JSON), and the list handed to its tasks (built once). */
+/** A table's changed keys, each once (by its text, see #pass), and the list handed to its tasks (built once). */
 interface TableLog { key: string[] | null; keys: Map<string, (string | null)[]>; list?: (string | null)[][]; unusable?: string }
 interface Decoded {
   tables: Map<string, TableLog>; overflow: boolean; changes: number;
@@ -151,15 +151,23 @@ export class ChangeLog {
   async #pass(tx: Sql, slot: string, upto: string, lineLength: number, tables: Map<string, TableInfo>, out: Decoded, kept: { n: number },
     only: Set<string> | null): Promise<Set<string>> {
     const later = new Set<string>();
-    const keyOf = (schema: string, table: string) => tables.get(tableKey(schema, table))?.key ?? null;
+    // A line's table is looked up three times (its key, whether to skip it, its log), and lines come in
+    // runs of one table: the last lookup is kept.
+    let lastSchema = '', lastTable = '', lastInfo: TableInfo | undefined;
+    const infoOf = (schema: string, table: string) => {
+      if (schema !== lastSchema || table !== lastTable) {
+        lastSchema = schema; lastTable = table; lastInfo = tables.get(tableKey(schema, table));
+      }
+      return lastInfo;
+    };
+    const keyOf = (schema: string, table: string) => infoOf(schema, table)?.key ?? null;
     /** A table (its root's tableKey) whose changes the other pass reads. */
     const otherPass = (k: string) => (only ? !only.has(k) : later.has(k));
     // Rows whose keys this pass cannot use are not parsed: keyless tables, tables found unusable, tables of the other pass.
     const skip = (schema: string, table: string) => {
-      const info = tables.get(tableKey(schema, table));
+      const info = infoOf(schema, table);
       if (!info?.key) return true;
-      const k = tableKey(info.root.schema, info.root.table);
-      return otherPass(k) || out.tables.get(k)?.unusable !== undefined;
+      return otherPass(info.rootKey) || out.tables.get(info.rootKey)?.unusable !== undefined;
     };
     out.passes++;
     const cursor = tx<{ data: string; cut: boolean }[]>`
@@ -177,8 +185,9 @@ export class ChangeLog {
         for (const name of change.tables) {
           // A partition's changes count for the partitioned table the tasks sync. A table missing from
           // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
-          const { root, key } = tables.get(tableKey(name.schema, name.table)) ?? { root: name, key: null };
-          const k = tableKey(root.schema, root.table);
+          const info = infoOf(name.schema, name.table);
+          const key = info?.key ?? null;
+          const k = info?.rootKey ?? tableKey(name.schema, name.table);
           if (otherPass(k)) continue;
           let t = out.tables.get(k);
           if (!t) {
@@ -188,10 +197,19 @@ export class ChangeLog {
           }
           if (t.unusable) continue;
           if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
+          const cols = t.key!;
           for (const tuple of change.tuples) {
-            const values = t.key!.map((c) => tuple.get(c));
-            if (values.some((v) => v === undefined || v === UNCHANGED_TOAST)) {
-              const keyCut = cut && values.includes(undefined);
+            const values: (Value | undefined)[] = new Array(cols.length);
+            let absent = false, toasted = false, nulls = false;
+            for (let i = 0; i < cols.length; i++) {
+              const v = tuple.get(cols[i]!);
+              values[i] = v;
+              if (v === undefined) absent = true;
+              else if (v === UNCHANGED_TOAST) toasted = true;
+              else if (v === null) nulls = true;
+            }
+            if (absent || toasted) {
+              const keyCut = cut && absent;
               kept.n -= t.keys.size;
               t.keys.clear();
               if (keyCut && lineLength < MAX_LINE) { later.add(k); break; } // read again with longer lines
@@ -200,7 +218,8 @@ export class ChangeLog {
                 : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
               break;
             }
-            const id = JSON.stringify(values);
+            // Each key once: its text itself, or its values joined by NUL (no text value holds one); a key with a null (never one of a primary key) as JSON.
+            const id = nulls ? `\u0001${JSON.stringify(values)}` : cols.length === 1 ? values[0] as string : values.join('\u0000');
             if (t.keys.has(id)) continue;
             t.keys.set(id, values as (string | null)[]);
             if (++kept.n > this.maxKeys) { out.overflow = true; break; }
@@ -213,7 +232,7 @@ export class ChangeLog {
   }
 }
 
-interface TableInfo { root: { schema: string; table: string }; key: string[] | null }
+interface TableInfo { root: { schema: string; table: string }; rootKey: string; key: string[] | null }
 
 /**
  * Every table and partition of the database as the catalog has it now, by tableKey: the table a task
@@ -230,7 +249,7 @@ async function tablesInfo(sql: Sql): Promise<Map<string, TableInfo>> {
     JOIN pg_class c ON c.oid = coalesce(pg_partition_root(r.oid), r.oid) JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE r.relkind IN ('r', 'p') AND tn.nspname NOT IN ('pg_catalog', 'information_schema') AND tn.nspname NOT LIKE 'pg\_toast%'`;
   return new Map(rows.map((r) => [tableKey(r.schema, r.table), {
-    root: { schema: r.root_schema, table: r.root_table }, key: r.cols?.length ? r.cols : null,
+    root: { schema: r.root_schema, table: r.root_table }, rootKey: tableKey(r.root_schema, r.root_table), key: r.cols?.length ? r.cols : null,
   }]));
 }
 
