@@ -92,10 +92,13 @@ export class DiffPrefetch {
   /** Removes an entry; its rows' bytes leave the budget once their read has ended (the taker holds them from then on). */
   #drop(id: string, e: Entry): void {
     this.#entries.delete(id);
-    void (e.rows ?? Promise.resolve()).finally(() => {
-      this.#held -= e.held;
-      e.held = 0;
-    });
+    void (e.rows ?? Promise.resolve()).finally(() => this.#release(e));
+  }
+
+  /** The entry's rows leave the budget. */
+  #release(e: Entry): void {
+    this.#held -= e.held;
+    e.held = 0;
   }
 
   #pump(): void {
@@ -147,8 +150,7 @@ export class DiffPrefetch {
         batches.push(b);
       });
     } catch (err) {
-      this.#held -= e.held;
-      e.held = 0;
+      this.#release(e);
       log.info({ reason: (err as Error).message }, 'diff: rows not read ahead; the task reads them');
       return undefined;
     }

@@ -153,7 +153,6 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       if (diff?.message) sender.sendDiff(diff.message);
       // The prepared decision's rows, read ahead in the job snapshot from the start of the task's range.
       const readAhead = diff?.prepared && !start.resumeAfter ? await prepared?.rows : undefined;
-      let readAheadShipped = false;
 
       const read = async (from: TransferStart, snapshotId: string, buckets: NonNullable<typeof diff>['filter'] | null, ahead?: ReadBatch[]) => {
         const committed = keyless ? from.committedSeq : 0;
@@ -181,7 +180,6 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
           rows += b.rows; bytes += b.data.length; batches++;
         };
         const spec = taskReadSpec(task, snapshotId, from.resumeAfter, sizer ? () => sizer.bytes : task.batch_bytes, buckets);
-        readAheadShipped = Boolean(ahead);
         const result = ahead ? await replay(ahead, ship) : await readTable(sql, spec, tlog, ship);
         if (skipped < committed) throw keylessChanged(); // fewer rows than were committed
         if (committed > 0 && !snapshotId) {
@@ -205,7 +203,8 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
-      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes, readAheadShipped) }, `${task.task_id}:diff:${delivery}`);
+      // The rows read ahead shipped unless a keyless restart read the table again.
+      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes, Boolean(readAhead) && !restarted) }, `${task.task_id}:diff:${delivery}`);
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
       await emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`);
