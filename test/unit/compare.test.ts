@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { compareTable, type Side } from '../../packages/coordinator/src/verify/compare.js';
 import type { AgentLink } from '../../packages/coordinator/src/agents.js';
 
@@ -51,6 +52,61 @@ function brute(a: Rows, b: Rows) {
   for (const k of b.keys()) if (!a.has(k)) onlyTarget++;
   return { onlySource, onlyTarget, different };
 }
+
+/** Keyless: agents answering HashRanges from a multiset of row contents, as hash-ranges.ts keylessHashes does; `listed` records the rows of each listing reply. */
+function keylessAgents(data: Record<string, string[]>, listed: number[]): AgentLink {
+  const md5 = (x: string) => createHash('md5').update(x).digest('hex');
+  return {
+    async call(group: string, method: string, req: { prefix_digits?: number; rows?: boolean; prefixes?: string[] }) {
+      expect(method).toBe('HashRanges');
+      const hashes = data[group]!.map(md5);
+      if (req.prefix_digits) {
+        const groups = new Map<string, string[]>();
+        for (const h of hashes) { const p = h.slice(0, req.prefix_digits); groups.set(p, [...(groups.get(p) ?? []), h]); }
+        return { ranges: [], rows: [], prefixes: [...groups].map(([prefix, hs]) => ({ prefix, rows: String(hs.length), hash: md5(hs.sort().join('')) })) };
+      }
+      const counts = new Map<string, number>();
+      for (const h of hashes) if (!req.prefixes?.length || req.prefixes.some((p) => h.startsWith(p))) counts.set(h, (counts.get(h) ?? 0) + 1);
+      listed.push(counts.size);
+      return { ranges: [], rows: [...counts].map(([hash, n]) => ({ key: null, hash, count: String(n) })), prefixes: [] };
+    },
+  } as unknown as AgentLink;
+}
+
+function bruteMultiset(a: string[], b: string[]) {
+  const count = (xs: string[]) => xs.reduce((m, x) => m.set(x, (m.get(x) ?? 0) + 1), new Map<string, number>());
+  const ca = count(a), cb = count(b);
+  let onlySource = 0, onlyTarget = 0, newOnTarget = 0;
+  for (const [x, n] of ca) { const m = cb.get(x) ?? 0; if (n > m) onlySource += n - m; if (m === 0) newOnTarget += n; }
+  for (const [x, m] of cb) { const n = ca.get(x) ?? 0; if (m > n) onlyTarget += m - n; }
+  return { sourceRows: a.length, targetRows: b.length, onlySource, onlyTarget, newOnTarget, different: 0 };
+}
+
+describe('compareTable, keyless', () => {
+  const keyless = { schema: 'public', table: 'ev', columns: ['at', 'kind'], key: [], maxKeys: 0 };
+
+  it('counts like a brute-force multiset comparison, listing only the rows of differing groups', async () => {
+    const a: string[] = [], b: string[] = [];
+    for (let i = 0; i < 60_000; i++) { a.push(`r${i % 30_000}`); b.push(`r${i % 30_000}`); } // every content twice
+    b.splice(100, 30);                           // one copy of 30 contents gone
+    for (let i = 0; i < 20; i++) b.push(`t${i}`); // target only
+    a.push('r5', 'r5');                          // a content four times on the source
+    const listed: number[] = [];
+    const r = await compareTable(keylessAgents({ a, b }, listed), side('a'), side('b'), keyless);
+    expect({ sourceRows: r.sourceRows, targetRows: r.targetRows, onlySource: r.onlySource, onlyTarget: r.onlyTarget, newOnTarget: r.newOnTarget, different: r.different })
+      .toEqual(bruteMultiset(a, b));
+    // ~51 of 4 096 groups differ (~15 distinct hashes each): a few hundred hashes listed, not 30 000.
+    expect(listed.reduce((x, y) => x + y, 0)).toBeLessThan(2_000);
+  });
+
+  it('lists nothing when the multisets are equal in another order', async () => {
+    const a = Array.from({ length: 10_000 }, (_, i) => `r${i % 5_000}`);
+    const listed: number[] = [];
+    const r = await compareTable(keylessAgents({ a, b: [...a].reverse() }, listed), side('a'), side('b'), keyless);
+    expect([r.onlySource, r.onlyTarget, r.sourceRows, r.targetRows]).toEqual([0, 0, 10_000, 10_000]);
+    expect(listed).toEqual([]);
+  });
+});
 
 describe('compareTable', () => {
   it('counts like a brute-force comparison, with differences spread over every range, in few calls', async () => {
