@@ -89,11 +89,12 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
     const started = await api.call<pb.Job__Output>('StartSync', { from, to, mode: opts.mode });
     const job = await api.waitJob(started.id, 3 * 3600_000);
     const wallS = (performance.now() - t0) / 1000;
-    const peakRssMb = rss.stop();
     const cpuS = cpu.stop();
     // The job's report (with its verification of every table) is made right after the job ends, in
     // the background: let it finish, outside the measured time, so it does not slow the next method.
+    // The agents' memory counts until it has: the report's comparisons run in them too.
     await api.call('GetJobReport', { id: started.id }).catch(() => undefined);
+    const peakRssMb = rss.stop();
     if (job.state !== 'JOB_STATE_COMPLETED') throw new Error(`syncflow job ${job.id} ended ${job.state}: ${job.error}\n${stack.logs().slice(-6000)}`);
     const tasks = job.tasks.map((t) => ({
       table: `${t.schema}.${t.table}`, method: String(t.method).replace('APPLY_METHOD_', '').toLowerCase(), rows: Number(t.rows),
