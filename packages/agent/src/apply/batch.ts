@@ -8,7 +8,7 @@ import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
-import { keysFrom } from '../read/buckets.js';
+import { countBits, keysFrom } from '../read/buckets.js';
 import { storeFilter, inFilter, filterTypes, deleteBucketsLogged, type TaskFilter } from './diff-filter.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 
@@ -191,6 +191,8 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
 /** The end of a task's stream: mirror marks past the last key; a replace of an empty source empties the table. */
 export async function applyEnd(sql: Sql, spec: ApplySpec, lastKey: string[] | null, upto: string[] | null, batches: number): Promise<number> {
   if (spec.method === 'replace' && batches === 0) {
+    // A diff where no bucket differs deletes nothing: no scan of the table to find that out.
+    if (spec.diff && !spec.diff.filter.keys && countBits(spec.diff.filter.bitmap) === 0) return 0;
     return sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       const u = { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key };

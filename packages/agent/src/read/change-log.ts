@@ -192,7 +192,7 @@ export class ChangeLog {
           let t = out.tables.get(k);
           if (!t) {
             t = { key, keys: new Map() };
-            if (!t.key) t.unusable = 'the table has no primary key';
+            if (!t.key) t.unusable = 'the table changed since its last sync, and without a primary key its changes name no rows';
             out.tables.set(k, t);
           }
           if (t.unusable) continue;

@@ -65,15 +65,18 @@ export async function decideDiff(task: TaskMessage, sql: Sql, target: pb.AgentSe
 
 /**
  * A task's diff: from the changes tracked since the table's last sync when the coordinator passed a
- * change slot and its decoding names every changed key (read/change-log.ts), else by hashing both
- * sides (hashDiff), with the reason in the job log.
+ * change slot and its decoding names every changed key (read/change-log.ts) — or, for a table
+ * without a key, shows that none changed — else by hashing both sides (hashDiff), with the reason in
+ * the job log.
  */
 export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, changes?: ChangeLog): Promise<DiffDecision> {
   if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
   // The decode first on this side: the tracked tables wait for it (ChangeLog.idle); the target hashes meanwhile.
-  if (!task.changes || !changes || !task.key_columns.length) return hashDiff(task, sql, target, log, changes?.idle());
+  if (!task.changes || !changes) return hashDiff(task, sql, target, log, changes?.idle());
   const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
-  if ('keys' in found) return changedKeys(task, sql, found.keys, log);
+  // Without a key its changes name no rows, but a table no change names is as its last sync left it:
+  // neither side scans it (a changed one hashes both sides once the decode is done).
+  if ('keys' in found) return task.key_columns.length ? changedKeys(task, sql, found.keys, log) : unchanged(task);
   log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
   const d = await hashDiff(task, sql, target, log);
   return { ...d, note: `${d.note} (tracked changes not usable: ${found.unusable})` };
@@ -97,6 +100,16 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
   }));
   log.info({ changed_keys: keys.length, in_range: inRange.length, ms: Date.now() - t0 }, 'diff: keys of the tracked changes');
   return describe(keyFilter(inRange), 0, `diff from tracked changes: ${keys.length} key(s) of the table changed since its last sync`);
+}
+
+/**
+ * A table without a key that no change touched since its last sync (its changes cannot name rows,
+ * but their absence says it is as that sync left it): no bucket differs, so nothing is read,
+ * shipped, or deleted on the target, and neither side scans it.
+ */
+function unchanged(task: TaskMessage): DiffDecision {
+  const fineBits = fineBitsFor(0);
+  return describe({ fineBits, bitmap: bitmapOf(2 ** fineBits, []), hashed: task.diff_hashed }, 0, 'diff from tracked changes: the table did not change since its last sync');
 }
 
 /**

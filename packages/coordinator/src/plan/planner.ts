@@ -119,8 +119,9 @@ export function planSync(input: PlanInput): Planned {
     shapes[keyOf(t)] = shapeOf(columns, found);
     const baseline = input.changes?.baselines.get(keyOf(t));
     const tracked = trackedChanges(t, found, input);
-    if (tracked) tableNotes.push(`the target has rows: only the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
-    else if (diffTable) tableNotes.push(`the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync${untrackedWhy(input, key.length > 0, baseline, shapes[keyOf(t)]!)})`);
+    if (tracked && t.primary_key.length) tableNotes.push(`the target has rows: only the rows changed since the table's last sync (decoded from change slot ${tracked.slot}) are shipped (diff re-sync)`);
+    else if (tracked) tableNotes.push(`the target has rows: unchanged since the table's last sync (decoded from change slot ${tracked.slot}), nothing is shipped; changed, both agents hash buckets of it and only differing buckets are shipped (diff re-sync; without a primary key its changes name no rows)`);
+    else if (diffTable) tableNotes.push(`the target has rows: both agents hash buckets of the table next to their database and only differing buckets are shipped (diff re-sync${untrackedWhy(input, baseline, shapes[keyOf(t)]!)})`);
     if (method === 'copy' && !input.keepIndexes) tableNotes.push('empty on the target: its secondary indexes and foreign keys are set aside for the load and rebuilt after it');
     const format = method === 'copy' ? copyFormatOf(t, found, input) : { format: 'text' as const, why: '' };
     if (method === 'copy') {
@@ -181,12 +182,13 @@ export function planSync(input: PlanInput): Planned {
 
 /**
  * A diff of the table from the changes tracked since its last sync into this target (decoded from that
- * sync's change slot), or null: the target has no rows (a load), `--diff off|hash`, a table without a
- * key, no baseline, its columns changed since, or a mirror after an upsert (which left deleted rows).
+ * sync's change slot; for a table without a primary key only whether it changed at all), or null: the
+ * target has no rows (a load), `--diff off|hash`, no baseline, its columns changed since, or a mirror
+ * after an upsert (which left deleted rows).
  */
 export function trackedChanges(t: pb.Table__Output, target: pb.Table__Output | undefined, input: Pick<PlanInput, 'diff' | 'mode' | 'changes'>): TaskMessage['changes'] {
   const baseline = input.changes?.baselines.get(keyOf(t));
-  if (!input.changes || !baseline || !target?.has_rows || input.diff === 'off' || input.diff === 'hash' || t.primary_key.length === 0) return null;
+  if (!input.changes || !baseline || !target?.has_rows || input.diff === 'off' || input.diff === 'hash') return null;
   if (baseline.shape !== shapeOf(t.columns.filter((c) => !c.generated), target) || !(baseline.exact || input.mode === 'upsert')) return null;
   return { slot: baseline.slot, upto: input.changes.lsn };
 }
@@ -201,10 +203,9 @@ function shapeOf(columns: readonly pb.Column__Output[], target: pb.Table__Output
 }
 
 /** Why a diff table hashes both sides instead of decoding tracked changes, for its plan note. */
-function untrackedWhy(input: PlanInput, keyed: boolean, baseline: Baseline | undefined, shape: string): string {
+function untrackedWhy(input: PlanInput, baseline: Baseline | undefined, shape: string): string {
   if (input.diff === 'hash') return '; --diff hash';
   if (!input.changes) return '';
-  if (!keyed) return '; a table without a key has no tracked changes';
   if (!baseline) return '; no change slot from an earlier sync of this table';
   if (baseline.shape !== shape) return '; its columns changed since its last sync';
   return baseline.exact ? '' : '; its last sync was an upsert, which leaves rows deleted on the source';
