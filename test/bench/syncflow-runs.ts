@@ -90,6 +90,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
     const job = await api.waitJob(started.id, 3 * 3600_000);
     const wallS = (performance.now() - t0) / 1000;
     const cpuS = cpu.stop();
+    const wanBytes = proxy.bytes; // the job's own (the report below also calls the target agent through the proxy)
     // The job's report (with its verification of every table) is made right after the job ends, in
     // the background: let it finish, outside the measured time, so it does not slow the next method.
     // The agents' memory counts until it has: the report's comparisons run in them too.
@@ -103,7 +104,7 @@ export async function runSyncflow(stack: TestStack, api: Api, db: string, toDb: 
     const notes = [`apply methods: ${[...new Set(tasks.map((t) => `${t.table.replace('public.', '')}=${t.method}`))].join(', ')}`];
     notes.push(await timeline(api, job, t0, process.env.SYNCFLOW_TEST_KEEP_LOGS ? stack.logDir : undefined));
     if (opts.createTarget) notes.push('target schema (indexes, FKs) created by pg_dump --schema-only before the load (time included): syncflow sets the empty tables\' secondary indexes and FKs aside for the load and rebuilds them after it (its default), so the end state equals pgcopydb\'s');
-    return { wallS, peakRssMb, cpuS, notes, wanBytes: proxy.bytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
+    return { wallS, peakRssMb, cpuS, notes, wanBytes, jobRows: Number(job.rows), jobBytes: Number(job.bytes), rowsDeleted: Number(job.rows_deleted), tasks };
   } finally {
     if (!opts.session) await stopAgents(session);
   }

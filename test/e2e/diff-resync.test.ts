@@ -154,13 +154,13 @@ describe('diff re-sync', () => {
     }
   });
 
-  it('with nothing changed, ships no rows, and hashes no table', async () => {
+  it('with nothing changed, ships no rows, and the source hashes no table', async () => {
     const scans = () => stack.logs().split('"msg":"diff: buckets compared"').length;
     const before = scans();
     const { job, diffLines } = await sync('SYNC_MODE_MIRROR');
     expect(Number(job.rows)).toBe(0);
     expect(Number(job.rows_deleted)).toBe(0);
-    // keyed tables: no key changed since the last sync; events (keyless): no change line since its last sync, so neither side scans it
+    // keyed tables: no key changed since the last sync; events (keyless): no change line since its last sync, so the source does not scan it
     expect(diffLines.filter((l) => !l.startsWith('public.events:')).every((l) => l.includes(': 0 key(s) of the table changed'))).toBe(true);
     expect(diffLines.find((l) => l.startsWith('public.events:'))).toContain('diff from tracked changes: the table did not change since its last sync');
     expect(scans()).toBe(before);

@@ -73,10 +73,16 @@ export async function computeDiff(task: TaskMessage, sql: Sql, target: pb.AgentS
   if (!task.snapshot_id) throw new SyncflowError(ErrorKind.FailedPrecondition, 'a diff needs the job snapshot', { code: 'no_snapshot' });
   // The decode first on this side: the tracked tables wait for it (ChangeLog.idle); the target hashes meanwhile.
   if (!task.changes || !changes) return hashDiff(task, sql, target, log, changes?.idle());
-  const found = await changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
-  // Without a key its changes name no rows, but a table no change names is as its last sync left it:
-  // neither side scans it (a changed one hashes both sides once the decode is done).
-  if ('keys' in found) return task.key_columns.length ? changedKeys(task, sql, found.keys, log) : unchanged(task);
+  const decoded = changes.changesFor(sql, task.changes.slot, task.changes.upto, task.schema, task.table, task.key_columns);
+  if (!task.key_columns.length) {
+    // Without a key its changes name no rows, but a table no change names is as its last sync left it.
+    // The target hashes at once, beside the decode (while its side has nothing else to do), this side after it.
+    const d = await hashDiff(task, sql, target, log, decoded, decoded.then((f) => 'keys' in f));
+    const f = await decoded;
+    return 'keys' in f ? d : { ...d, note: `${d.note} (tracked changes not usable: ${f.unusable})` };
+  }
+  const found = await decoded;
+  if ('keys' in found) return changedKeys(task, sql, found.keys, log);
   log.info({ reason: found.unusable }, 'diff: tracked changes not usable; hashing both sides');
   const d = await hashDiff(task, sql, target, log);
   return { ...d, note: `${d.note} (tracked changes not usable: ${found.unusable})` };
@@ -105,7 +111,7 @@ async function changedKeys(task: TaskMessage, sql: Sql, keys: (string | null)[][
 /**
  * A table without a key that no change touched since its last sync (its changes cannot name rows,
  * but their absence says it is as that sync left it): no bucket differs, so nothing is read,
- * shipped, or deleted on the target, and neither side scans it.
+ * shipped, or deleted on the target, and the source does not scan it.
  */
 function unchanged(task: TaskMessage): DiffDecision {
   const fineBits = fineBitsFor(0);
@@ -116,9 +122,11 @@ function unchanged(task: TaskMessage): DiffDecision {
  * Both rounds of a task's diff in the job snapshot against the target's current state. Valid until
  * the task ships: nothing of this job writes the task's table on the target before then (parents'
  * upserts touch other tables; mirror deletes wait for the finalize). `localReady`: when this side may
- * scan (after the decode of a change slot); the target hashes its side at once.
+ * scan (after the decode of a change slot); the target hashes its side at once. `unchangedSince`: a
+ * keyless table's decode says no change names it (nothing differs; this side does not scan).
  */
-async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, localReady: Promise<void> = Promise.resolve()): Promise<DiffDecision> {
+async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, localReady: Promise<unknown> = Promise.resolve(),
+  unchangedSince?: Promise<boolean>): Promise<DiffDecision> {
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
     after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),
@@ -130,16 +138,17 @@ async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClie
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
   let rescanned = false;
-  const both = async (coarse: Buffer | null) => {
-    const [mine, theirs] = await Promise.all([
-      localReady.then(() => digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id)),
-      peerDigests(target, task, fineBits, coarse, base.session!),
-    ]);
+  const both = async (coarse: Buffer | null, peer = peerDigests(target, task, fineBits, coarse, base.session!)) => {
+    const [mine, theirs] = await Promise.all([localReady.then(() => digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id)), peer]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
     if (coarse && mine.scanned) rescanned = true;
     return differingSlots(mine.digests, replyDigests(theirs, fineBits));
   };
-  const coarseDiff = await both(null);
+  const peer = peerDigests(target, task, fineBits, null, base.session!);
+  peer.catch(() => undefined); // awaited below, unless the table is found unchanged
+  // Found unchanged since its last sync: the target's scan, started for nothing, ends by itself and its sums expire unasked.
+  if (await unchangedSince) return unchanged(task);
+  const coarseDiff = await both(null, peer);
   const tCoarse = Date.now();
   // The target's cached sums expire (or are evicted) by themselves when no fine round asks for them.
   if (coarseDiff.length > coarseCount * MAX_DIFFERING_SHARE) {
