@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestStack, databaseHashes, diffHashes, type PgCluster, startRegions, stopRegions } from '../harness/index.js';
 import { Api } from '../harness/api.js';
-import type { pb } from '../../packages/shared/src/index.js';
+import { call, grpc, loadProtos, type pb } from '../../packages/shared/src/index.js';
 
 /**
  * Pre-flight report, --create-missing, a protected target, dry run vs real run, verify.
@@ -172,5 +172,24 @@ describe('verify', () => {
     const same = await stack.cli(['verify', '--from', 'ev-a', '--to', 'ev-b', '--json']);
     expect(same.code, same.stderr).toBe(0);
     expect((JSON.parse(same.stdout) as pb.VerifyReport__Output).tables).toMatchObject([{ table: 'ev', match: true, differences: '0' }]);
+
+    // Bad groupings asked of an agent directly: INVALID_ARGUMENT naming what is wrong.
+    const ready = stack.logs().split('\n').find((l) => l.includes('"msg":"agent ready"') && l.includes('"group":"a"'))!;
+    const client = new (loadProtos().proto.syncflow.v1.AgentService)(JSON.parse(ready.slice(ready.indexOf('{'))).address as string, grpc.credentials.createInsecure());
+    try {
+      const [{ sealed_url }] = await a.sql('control')<{ sealed_url: string }[]>`SELECT sealed_url FROM connections WHERE name = 'ev-a'`;
+      const ask = (extra: Partial<pb.HashRangesRequest>) => call(client, 'HashRanges', { connection: { name: 'ev-a', sealed_url }, schema: 'public', table: 'ev', columns: ['at', 'kind'], key: [], ...extra });
+      await expect(ask({ prefix_digits: 9 })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: 'prefix_digits must be 1 to 5, got 9' });
+      for (const prefixes of [['0a', 'b'], ['zz'], ['0A'], ['abcdef']]) {
+        await expect(ask({ rows: true, prefixes })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringContaining('prefixes must be lowercase hex strings of one length') });
+      }
+      await expect(ask({})).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringContaining('prefix_digits or rows') });
+      // a good one: 16 groups of one hex digit, 300 000 rows in all
+      const groups = await ask({ prefix_digits: 1 }) as pb.HashRangesReply__Output;
+      expect(groups.prefixes).toHaveLength(16);
+      expect(groups.prefixes.reduce((n, g) => n + Number(g.rows), 0)).toBe(300000);
+    } finally {
+      client.close();
+    }
   });
 });

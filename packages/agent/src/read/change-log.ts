@@ -232,7 +232,7 @@ export class ChangeLog {
   }
 }
 
-interface TableInfo { root: { schema: string; table: string }; rootKey: string; key: string[] | null }
+interface TableInfo { rootKey: string; key: string[] | null }
 
 /**
  * Every table and partition of the database as the catalog has it now, by tableKey: the table a task
@@ -249,7 +249,7 @@ async function tablesInfo(sql: Sql): Promise<Map<string, TableInfo>> {
     JOIN pg_class c ON c.oid = coalesce(pg_partition_root(r.oid), r.oid) JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE r.relkind IN ('r', 'p') AND tn.nspname NOT IN ('pg_catalog', 'information_schema') AND tn.nspname NOT LIKE 'pg\_toast%'`;
   return new Map(rows.map((r) => [tableKey(r.schema, r.table), {
-    root: { schema: r.root_schema, table: r.root_table }, rootKey: tableKey(r.root_schema, r.root_table), key: r.cols?.length ? r.cols : null,
+    rootKey: tableKey(r.root_schema, r.root_table), key: r.cols?.length ? r.cols : null,
   }]));
 }
 

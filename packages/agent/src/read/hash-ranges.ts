@@ -59,6 +59,9 @@ export async function hashRanges(sql: Sql, req: pb.HashRangesRequest__Output): P
   });
 }
 
+/** Keyless: the longest hash prefix a comparison groups by (16^5 groups). */
+const MAX_PREFIX_DIGITS = 5;
+
 /**
  * A keyless table as a multiset of row hashes, in one scan: grouped by their first `prefix_digits`
  * hex digits (a count and the md5 of the group's hashes in sorted order per group: equal multisets
@@ -86,8 +89,6 @@ async function keylessHashes(tx: Sql, req: pb.HashRangesRequest__Output, hashes:
   const rows = await tx<{ h: string; n: string }[]>`SELECT x.h, count(*)::text AS n FROM (${hashes}) x ${where} GROUP BY 1`;
   return { ranges: [], rows: rows.map((r) => ({ hash: r.h, count: r.n, key: null })), prefixes: [] };
 }
-
-const MAX_PREFIX_DIGITS = 5;
 
 /** This database's own types of the key columns (the other side's may differ: int4 here, int8 there). */
 export async function keyTypes(tx: Sql, req: Pick<pb.HashRangesRequest__Output, 'schema' | 'table' | 'key'>): Promise<{ schema: string; name: string }[]> {
