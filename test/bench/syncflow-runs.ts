@@ -153,7 +153,8 @@ async function timeline(api: Api, job: pb.Job__Output, t0: number, logDir?: stri
   const finalized = logs.entries.find((e) => e.message.startsWith('finalized target'));
   const s = (a: number, b: number) => ((b - a) / 1000).toFixed(1);
   const perTable = new Map<string, number>();
-  for (const t of job.tasks) perTable.set(t.table, Math.max(perTable.get(t.table) ?? 0, (at(t.finished_at) - at(t.started_at)) / 1000));
+  // A task done ahead of its FK level (nothing to ship) never started: it counts 0.
+  for (const t of job.tasks) perTable.set(t.table, Math.max(perTable.get(t.table) ?? 0, ((at(t.finished_at) - at(t.started_at)) / 1000) || 0));
   return `timeline (s): before the job ${s(epoch0, at(job.created_at))}, planning ${s(at(job.created_at), Math.min(...starts))}, ` +
     `tasks ${s(Math.min(...starts), Math.max(...ends))}, finish ${s(Math.max(...ends), at(job.finished_at))}` +
     `${finalized ? ` (${finalized.message})` : ''}; longest part per table: ${[...perTable].map(([t, x]) => `${t} ${x.toFixed(1)}`).join(', ')}`;

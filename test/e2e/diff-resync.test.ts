@@ -163,6 +163,12 @@ describe('diff re-sync', () => {
     // keyed tables: no key changed since the last sync; events (keyless): no change line since its last sync, so the source does not scan it
     expect(diffLines.filter((l) => !l.startsWith('public.events:')).every((l) => l.includes(': 0 key(s) of the table changed'))).toBe(true);
     expect(diffLines.find((l) => l.startsWith('public.events:'))).toContain('diff from tracked changes: the table did not change since its last sync');
+    // orders (FK level 1) had nothing to ship: its source agent said so while customers still ran, and
+    // the task was done without running (no start, no transfer).
+    const orders = job.tasks.filter((t) => t.table === 'orders');
+    expect(orders.length).toBeGreaterThan(0);
+    for (const t of orders) expect([t.state, t.started_at]).toEqual(['TASK_STATE_DONE', '']);
+    expect(diffLines.filter((l) => l.startsWith('public.orders:')).every((l) => l.endsWith('; nothing to ship: done ahead of its FK level, without running'))).toBe(true);
     expect(scans()).toBe(before);
     expect(await same()).toEqual([]);
   });

@@ -8,6 +8,7 @@ import { ChangeLog } from './read/change-log.js';
 import { agentService } from './server.js';
 import { AgentClients } from './clients.js';
 import { TaskConsumer } from './work/consumer.js';
+import { finishAhead } from './work/run-task.js';
 import { JobLimiters, InflightBytes } from './work/limits.js';
 import { DiffPrefetch } from './work/diff-prefetch.js';
 
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
   const rates = await JobRates.open(nc, n);
   await rates.watch();
   const clients = new AgentClients(tls, cfg.SYNCFLOW_MAX_MESSAGE_BYTES);
-  prefetch.attach({ pools, registry, clients });
+  prefetch.attach({ pools, registry, clients, nothingToShip: (task, d) => finishAhead(task, d, { js, names: n, agentId: cfg.SYNCFLOW_AGENT_ID, log }) });
   const consumer = new TaskConsumer({
     agentId: cfg.SYNCFLOW_AGENT_ID, pools, js, jsm, names: n, flags, registry, clients, creditWindow: cfg.SYNCFLOW_CREDIT_WINDOW, prefetch, changes, log,
     limiters: new JobLimiters(rates, registry, cfg.SYNCFLOW_AGENT_GROUP), inflight: new InflightBytes(cfg.SYNCFLOW_INFLIGHT_BYTES),

@@ -40,7 +40,8 @@ const JOB_TRANSITIONS: Record<JobState, readonly JobState[]> = {
 const JOB_ENDED: ReadonlySet<JobState> = new Set(['completed', 'completed_with_errors', 'failed', 'cancelled']);
 
 const TASK_TRANSITIONS: Record<TaskState, readonly TaskState[]> = {
-  pending: ['queued', 'cancelled', 'failed', 'blocked'],
+  // pending → done: a diff re-sync task its source agent found with nothing to ship, ahead of its FK level
+  pending: ['queued', 'cancelled', 'failed', 'blocked', 'done'],
   queued: ['running', 'cancelled', 'failed', 'done', 'pending', 'blocked'],
   // running → queued: the agent died and JetStream redelivers the task
   // running → pending: paused, republished on resume

@@ -55,31 +55,38 @@ async function serve(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, 
 
 async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Output>, sql: Sql, limiter: RateLimiter, spec: ApplySpec,
   header: pb.TransferHeader__Output, log: Logger): Promise<void> {
-  spec.key = { columns: header.key_columns, types: await keyTypes(sql, spec) };
   const tlog = log.child({ job: spec.jobId, task: spec.taskId, table: `${spec.schema}.${spec.table}` });
 
   await withSpan('apply table', { 'syncflow.job': spec.jobId, 'syncflow.task': spec.taskId, 'db.sql.table': `${spec.schema}.${spec.table}` }, async (span) => {
-    let pos = await ledgerPosition(sql, spec.jobId, spec.taskId).catch(async (e) => {
+    // What the ready ack needs, asked at once (every task's first step waits for it): the key's types,
+    // where the ledger says to resume, and (diff re-sync) the bucket filter of the committed batches.
+    const opening = () => Promise.all([keyTypes(sql, spec), ledgerPosition(sql, spec.jobId, spec.taskId), storedFilter(sql, spec.jobId, spec.taskId)]);
+    const [types, found, storedFound] = await opening().catch(async (e) => {
       if (toSyncflowError(e).code !== '42P01') throw e;
       await ensureTargetSchema(sql);
-      return ledgerPosition(sql, spec.jobId, spec.taskId);
+      return opening();
     });
+    spec.key = { columns: header.key_columns, types };
+    let pos = found;
+    let stored = storedFound;
     // Registered once, committed, before any batch: every batch registers it again in its own
     // transaction (ON CONFLICT DO NOTHING), which then finds a committed row instead of waiting for
     // another part's uncommitted first batch (the parts of one table applied one after the other).
-    await registerUndoTable(sql, { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key });
+    const register = () => registerUndoTable(sql, { jobId: spec.jobId, taskId: spec.taskId, seq: 0, schema: spec.schema, table: spec.table, columns: spec.columns, key: spec.key });
     if (header.restart) {
+      await register(); // before the restart's logged deletes
       await restartTask(sql, spec);
       tlog.warn({ earlier_batches: pos.seq }, 'keyless table restarted: rows of earlier attempts deleted with their ledger rows');
       pos = { seq: 0, lastKey: null };
+      stored = null; // dropped with the ledger rows
     }
     const committedHashes = pos.seq > 0 && spec.key.columns.length === 0 ? await ledgerHashes(sql, spec.jobId, spec.taskId) : [];
-    // Diff re-sync: a resumed task keeps the bucket filter of its committed batches.
-    const stored = await storedFilter(sql, spec.jobId, spec.taskId);
     call.write({
       ready: true, committed_seq: pos.seq, resume_after: pos.lastKey ? { values: pos.lastKey } : null,
       committed_hashes: committedHashes, diff: stored?.wire ?? null,
     });
+    // While the source takes the ack (before its first batch can arrive, which is read below).
+    if (!header.restart) await register();
     if (pos.seq > 0) tlog.info({ committed_seq: pos.seq }, 'resuming after the last committed batch');
     // Mirror marks start at the range's lower end (or the last committed key) and end at its upper end.
     let prevKey = pos.lastKey ?? (header.range_after?.values.length ? header.range_after.values : null);

@@ -22,6 +22,16 @@ interface Entry {
   held: number;
 }
 
+export interface PrefetchDeps {
+  pools: Pools; registry: AgentRegistry; clients: AgentClients;
+  /**
+   * A decision with nothing to ship for a task not taken yet: the task has nothing to do (no row to
+   * send, none the target could have that the source lacks), so it is reported done now, before its
+   * FK level comes, and the tables that wait for it need not (work/run-task.ts finishAhead).
+   */
+  nothingToShip?: (task: TaskMessage, d: DiffDecision) => Promise<void>;
+}
+
 /** What a task takes: its decision, and the rows the decision ships if they were read ahead. */
 export interface Prepared { decision: Promise<DiffDecision>; rows: Promise<ReadBatch[] | undefined> }
 
@@ -46,7 +56,7 @@ export class DiffPrefetch {
   readonly #entries = new Map<string, Entry>();
   #running = 0;
   #held = 0;
-  #deps: { pools: Pools; registry: AgentRegistry; clients: AgentClients } | undefined;
+  #deps: PrefetchDeps | undefined;
 
   /**
    * `readAheadBytes`: bytes of rows read ahead and held until their tasks take them, over all tasks of
@@ -55,7 +65,7 @@ export class DiffPrefetch {
   constructor(private log: Logger, private changes?: ChangeLog, private readAheadBytes = 0) {}
 
   /** The agent's connections, once NATS is up (PrepareDiffs before that accepts nothing). */
-  attach(deps: { pools: Pools; registry: AgentRegistry; clients: AgentClients }): void {
+  attach(deps: PrefetchDeps): void {
     this.#deps = deps;
   }
 
@@ -112,6 +122,10 @@ export class DiffPrefetch {
     this.#running++;
     e.decision = this.#decide(e.task);
     e.rows = e.decision.then((d) => this.#readAhead(e, d), () => undefined);
+    // Still held (not taken by its task): the task is done ahead. Taken meanwhile, it runs as usual.
+    void e.decision.then(async (d) => {
+      if (d.filter && d.fineDiffering === 0 && this.#entries.get(e.task.task_id) === e) await this.#deps?.nothingToShip?.(e.task, d);
+    }).catch((err) => this.#logFor(e.task).warn({ err: (err as Error).message }, 'diff: a task with nothing to ship not reported done ahead; it runs when its level comes'));
     void e.rows.finally(() => {
       this.#running--;
       this.#pump();

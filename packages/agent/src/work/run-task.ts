@@ -9,7 +9,7 @@ import { SNAPSHOT_ID, useSnapshot } from '../read/snapshot.js';
 import { TransferSender, type TransferStart } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import { batchSizerFor, type JobLimiters, type InflightBytes } from './limits.js';
-import { decideDiff, diffSummary } from './diff-plan.js';
+import { decideDiff, diffSummary, type DiffDecision } from './diff-plan.js';
 import type { DiffPrefetch } from './diff-prefetch.js';
 import type { ChangeLog } from '../read/change-log.js';
 
@@ -203,11 +203,14 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
-      // The rows read ahead shipped unless a keyless restart read the table again.
-      if (diff) await emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes, Boolean(readAhead) && !restarted) }, `${task.task_id}:diff:${delivery}`);
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
-      await emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`);
+      // The diff line and done are published together (one wait on the FK chain, not two); the
+      // connection writes them in this order. The rows read ahead shipped unless a keyless restart read the table again.
+      await Promise.all([
+        diff ? emitRetry({ ...base, type: 'log', at: now(), level: 'info', message: diffSummary(task, diff, rows, bytes, Boolean(readAhead) && !restarted) }, `${task.task_id}:diff:${delivery}`) : undefined,
+        emitRetry({ ...base, type: 'done', at: now(), rows, bytes, batches, inserted, updated, marked_for_delete: marked, duplicates }, `${task.task_id}:done:${delivery}`),
+      ]);
       tlog.info({ rows, bytes, batches, inserted, updated, marked, duplicates, resumed_after_seq: start.committedSeq }, 'task done');
       return { rows, bytes, batches };
     } catch (e) {
@@ -217,4 +220,19 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
       signal.removeEventListener('abort', abort);
     }
   }, { parent: extractContext(task.trace), kind: SpanKind.CONSUMER });
+}
+
+/**
+ * A diff re-sync task whose decision, prepared ahead of its FK level (work/diff-prefetch.ts), ships
+ * nothing: reported done without running (its diff line, then done with no rows). The coordinator
+ * takes it while the task is still waiting for its parents, so the tables after it in the FK order
+ * no longer wait for a task with nothing to do. Should the task be published all the same (its
+ * parents ended at that moment), it runs with the same decision, does nothing, and its own done
+ * finds the task done already.
+ */
+export async function finishAhead(task: TaskMessage, d: DiffDecision, deps: Pick<TaskDeps, 'js' | 'names' | 'agentId' | 'log'>): Promise<void> {
+  const base = { job_id: task.job_id, task_id: task.task_id, agent_id: deps.agentId, at: new Date().toISOString() };
+  await publishEvent(deps.js, deps.names, { ...base, type: 'log', level: 'info', message: `${diffSummary(task, d, 0, 0)}; nothing to ship: done ahead of its FK level, without running` }, `${task.task_id}:diff:ahead`);
+  await publishEvent(deps.js, deps.names, { ...base, type: 'done', rows: 0, bytes: 0, batches: 0, inserted: 0, updated: 0, marked_for_delete: 0, duplicates: 0 }, `${task.task_id}:done:ahead`);
+  deps.log.info({ job: task.job_id, task: task.task_id, table: `${task.schema}.${task.table}` }, 'diff: nothing to ship; task reported done ahead of its FK level');
 }
