@@ -50,9 +50,16 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
     // DDL text built by the source agent from its catalog (pg_get_indexdef / pg_get_constraintdef), not user input.
     await sql.unsafe(stmt).catch((e) => { throw toSyncflowError(e, 'creating indexes and foreign keys of created tables'); });
   }
-  for (const t of req.delete_order) {
+  // Only the tables with marks get a transaction (one index probe each to find them): a re-sync's
+  // finish otherwise spent four statements on every table of the job that had nothing to delete.
+  const keyed = req.delete_order.filter((t) => t.key.length > 0);
+  const marked = new Set((await sql<{ s: string; t: string }[]>`
+    SELECT w.s, w.t FROM unnest(${keyed.map((t) => t.schema)}::text[], ${keyed.map((t) => t.name)}::text[]) AS w(s, t)
+    WHERE EXISTS (SELECT 1 FROM syncflow.pending_deletes p WHERE p.job_id = ${req.job_id} AND p.schema_name = w.s AND p.table_name = w.t)`)
+    .map((r) => `${r.s}\u0000${r.t}`));
+  for (const t of keyed) {
+    if (!marked.has(`${t.schema}\u0000${t.name}`)) continue;
     const key = { columns: t.key.map((k) => k.name), types: t.key.map((k) => ({ schema: k.type_schema, name: k.type_name })) };
-    if (key.columns.length === 0) continue;
     const keyValues = key.columns.map((_, i) => sql`p.key[${i + 1}]`);
     const r = await sql.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
