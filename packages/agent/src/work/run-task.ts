@@ -144,7 +144,10 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         snapshotId = '';
         if (start.committedHashes.length !== start.committedSeq) start = await restartTable('the job snapshot is gone');
       }
-      await emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
+      // Its ack is awaited at the end, not here: the connection writes it before every later event of
+      // the task, and the task's first steps (its diff, its first batches) need not wait a round trip.
+      const started = emitRetry({ ...base, type: 'started', at: now(), delivery, resume_after: start.resumeAfter, snapshot: snapshotId ? 'job' : 'own' }, `${task.task_id}:started:${delivery}`);
+      started.catch(() => undefined); // awaited below; a task failing before that fails for its own reason
       // Diff re-sync (work/diff-plan.ts): ship only the hash buckets that differ from the target.
       const prepared = task.diff ? deps.prefetch?.take(task) : undefined;
       const diff = task.diff
@@ -203,6 +206,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         await emitRetry({ ...base, type: 'log', at: now(), level: 'warn', message: `${task.schema}.${task.table}: the job snapshot was gone; read from a new snapshot after the last checkpoint` }, `${task.task_id}:own:${delivery}`);
       }
       const fin = await sender.finish(rows);
+      await started;
       marked += Number(fin.rows_marked_for_delete);
       span.setAttributes({ 'syncflow.rows': rows, 'syncflow.bytes': bytes, 'syncflow.batches': batches });
       // The diff line and done are published together (one wait on the FK chain, not two); the
