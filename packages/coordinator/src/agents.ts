@@ -3,6 +3,8 @@ import {
   type AgentRegistry, type pb, type TlsFiles,
 } from '@syncflow/shared';
 
+const randomOf = <T>(xs: T[]): T | undefined => xs[Math.floor(Math.random() * xs.length)];
+
 /** Calls AgentService on a live agent of a group, with the trace context in the metadata. */
 export class AgentLink {
   readonly #clients = new Map<string, pb.AgentServiceClient>();
@@ -15,8 +17,7 @@ export class AgentLink {
     // it (UNAVAILABLE without our trailers), try the group's other live agents.
     const tried = new Set<string>();
     for (;;) {
-      const others = (await this.registry.list(group)).filter((a) => !tried.has(a.id));
-      const agent = tried.size === 0 ? await this.registry.pick(group) : others[Math.floor(Math.random() * others.length)];
+      const agent = tried.size === 0 ? await this.registry.pick(group) : randomOf((await this.registry.list(group, true)).filter((a) => !tried.has(a.id)));
       if (!agent) throw new SyncflowError(ErrorKind.Unavailable, `no reachable agent serves group "${group}"`, { code: 'no_agent', retryable: true });
       tried.add(agent.id);
       try {

@@ -17,6 +17,8 @@ export const agentInfo = z.object({
 });
 export type AgentInfo = z.infer<typeof agentInfo>;
 
+const LIST_REUSE_MS = 1_000;
+
 /** Agents registered in a JetStream KV bucket whose entries expire (TTL) unless heartbeats renew them. */
 export class AgentRegistry {
   private constructor(private kv: KV, private jsm: JetStreamManager, private bucket: string) {}
@@ -40,7 +42,26 @@ export class AgentRegistry {
    * forever for a last message or an idle heartbeat that does not come — a coordinator call to an
    * agent was seen stuck in it for minutes (a dry run that "hung"). Both requests time out.
    */
-  async list(group?: string): Promise<AgentInfo[]> {
+  async list(group?: string, fresh = false): Promise<AgentInfo[]> {
+    const k = group ?? '';
+    const held = this.#lists.get(k);
+    if (!fresh && held && Date.now() - held.at < LIST_REUSE_MS) return held.agents;
+    const agents = this.#read(group);
+    this.#lists.set(k, { at: Date.now(), agents });
+    // Not kept: a failed read, or an empty group (an agent starting now is seen by the next call).
+    const forget = () => { if (this.#lists.get(k)?.agents === agents) this.#lists.delete(k); };
+    agents.then((a) => { if (!a.length) forget(); }, forget);
+    return agents;
+  }
+
+  /**
+   * Lists of the last LIST_REUSE_MS, per group, shared by the callers of that time (a burst of tasks
+   * starting, a job's planning calls): each read is a stream-info request and a KV get per agent. The
+   * entries' data is a heartbeat old (5 s) anyway; `fresh` reads anew (a call retrying past a dead agent).
+   */
+  readonly #lists = new Map<string, { at: number; agents: Promise<AgentInfo[]> }>();
+
+  async #read(group?: string): Promise<AgentInfo[]> {
     const out: AgentInfo[] = [];
     const prefix = `$KV.${this.bucket}.`;
     const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}${group ? `${group}.>` : '>'}` });

@@ -88,11 +88,10 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
   const now = () => new Date().toISOString();
 
   return withSpan('sync table', { 'syncflow.job': task.job_id, 'syncflow.task': task.task_id, 'db.sql.table': `${task.schema}.${task.table}` }, async (span) => {
-    const target = await deps.registry.pick(task.target.group);
+    // Independent lookups (NATS round trips on a task's first step), asked at once.
+    const [target, limiter, source] = await Promise.all([deps.registry.pick(task.target.group), deps.limiters.get(task.job_id), deps.pools.guarded(task.source)]);
     let sender = new TransferSender(deps.clients.get(target.address), deps.creditWindow, tlog, onAck, deps.inflight);
-    const limiter = await deps.limiters.get(task.job_id);
     const sizer = batchSizerFor(task);
-    const source = await deps.pools.guarded(task.source);
     const { sql } = source;
     let restarted = false;
     const fromTarget = new WeakSet<object>();

@@ -120,10 +120,11 @@ export class JobRunner {
     this.#rebuildLoaded(job, tasks);
     if (!ready.length && this.#diffsAsked.has(job.id)) return;
     const from = await this.d.connections.get(job.from_conn);
-    for (const t of largestFirst(ready, job.plan)) {
-      await publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes);
-      await this.d.jobs.moveTask(t.id, 'queued');
-    }
+    // Published together (the connection writes them in this order, biggest first), then marked
+    // queued: a restart in between publishes them again under the same message ids (deduplicated).
+    const publishing = largestFirst(ready, job.plan);
+    await Promise.all(publishing.map((t) => publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes)));
+    await Promise.all(publishing.map((t) => this.d.jobs.moveTask(t.id, 'queued')));
     this.#prepareDiffs(job, open.filter((t) => t.state === 'pending' && !ready.includes(t)), from);
   }
 
