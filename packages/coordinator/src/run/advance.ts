@@ -122,9 +122,10 @@ export class JobRunner {
     const from = await this.d.connections.get(job.from_conn);
     // Published together (the connection writes them in this order, biggest first), then marked
     // queued: a restart in between publishes them again under the same message ids (deduplicated).
+    // Only a task still pending is marked: one whose agent has started it already stays running.
     const publishing = largestFirst(ready, job.plan);
     await Promise.all(publishing.map((t) => publishTask(this.d.js, this.d.names, from.agent_group, t.message, t.publishes)));
-    await Promise.all(publishing.map((t) => this.d.jobs.moveTask(t.id, 'queued')));
+    await Promise.all(publishing.map((t) => this.d.jobs.moveTask(t.id, 'queued', { only: ['pending'] })));
     this.#prepareDiffs(job, open.filter((t) => t.state === 'pending' && !ready.includes(t)), from);
   }
 

@@ -119,8 +119,9 @@ export class JobStore {
     await this.sql`UPDATE jobs SET finalized = true, rows_deleted = ${rowsDeleted} WHERE id = ${id}`;
   }
 
-  async moveTask(id: string, to: TaskState, fields: { error?: string; attempts?: number } = {}): Promise<boolean> {
-    const from = taskStatesBefore(to);
+  /** Moves a task if the transition table allows it from its current state (and, with `only`, that state is one of them). */
+  async moveTask(id: string, to: TaskState, fields: { error?: string; attempts?: number; only?: readonly TaskState[] } = {}): Promise<boolean> {
+    const from = taskStatesBefore(to).filter((s) => !fields.only || fields.only.includes(s));
     const r = await this.sql`
       UPDATE tasks SET state = ${to},
         error = coalesce(${fields.error ?? null}, error),
