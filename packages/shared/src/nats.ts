@@ -69,13 +69,13 @@ export async function ensureGroupConsumer(jsm: JetStreamManager, n: Names, group
 }
 
 /**
- * Pulls a durable consumer's messages and hands each to `handle` until `stopping()`: up to `batch()`
+ * Pulls a durable consumer's messages and hands each to `handle` until `stopping()`: up to `batch`
  * (default 1) a pull — an agent takes one task at a time, so the agents of a group share a level's
  * tasks; the coordinator's events come 64 a pull. `ready()` (optional) is awaited before each pull
  * (e.g. a free slot). A failed pull (NATS restarting) is logged and tried again a second later.
  */
 export async function pullEach(js: JetStreamClient, stream: string, consumerName: string, log: Logger,
-  opts: { stopping: () => boolean; ready?: () => Promise<void>; expiresMs?: number; batch?: () => number },
+  opts: { stopping: () => boolean; ready?: () => Promise<void>; expiresMs?: number; batch?: number },
   handle: (m: JsMsg) => Promise<void> | void): Promise<void> {
   const consumer = await js.consumers.get(stream, consumerName);
   while (!opts.stopping()) {
@@ -84,7 +84,7 @@ export async function pullEach(js: JetStreamClient, stream: string, consumerName
     // One pull request for up to `batch` messages, each handled as it arrives: a burst of events
     // costs one round trip to the server, not one per message.
     try {
-      const messages = await consumer.fetch({ max_messages: Math.max(1, opts.batch?.() ?? 1), expires: opts.expiresMs ?? 1_000 });
+      const messages = await consumer.fetch({ max_messages: opts.batch ?? 1, expires: opts.expiresMs ?? 1_000 });
       for await (const m of messages) await handle(m);
     } catch (e) {
       log.warn({ stream, err: (e as Error).message }, 'pulling messages failed; retrying');

@@ -53,12 +53,11 @@ export async function finalizeTarget(sql: Sql, req: pb.FinalizeTargetRequest__Ou
   // Only the tables with marks get a transaction (one index probe each to find them): a re-sync's
   // finish otherwise spent four statements on every table of the job that had nothing to delete.
   const keyed = req.delete_order.filter((t) => t.key.length > 0);
-  const marked = new Set((await sql<{ s: string; t: string }[]>`
-    SELECT w.s, w.t FROM unnest(${keyed.map((t) => t.schema)}::text[], ${keyed.map((t) => t.name)}::text[]) AS w(s, t)
-    WHERE EXISTS (SELECT 1 FROM syncflow.pending_deletes p WHERE p.job_id = ${req.job_id} AND p.schema_name = w.s AND p.table_name = w.t)`)
-    .map((r) => `${r.s}\u0000${r.t}`));
-  for (const t of keyed) {
-    if (!marked.has(`${t.schema}\u0000${t.name}`)) continue;
+  const marked = await sql<{ i: number }[]>`
+    SELECT (w.i - 1)::int AS i FROM unnest(${keyed.map((t) => t.schema)}::text[], ${keyed.map((t) => t.name)}::text[]) WITH ORDINALITY AS w(s, t, i)
+    WHERE EXISTS (SELECT 1 FROM syncflow.pending_deletes p WHERE p.job_id = ${req.job_id} AND p.schema_name = w.s AND p.table_name = w.t)
+    ORDER BY w.i`;
+  for (const t of marked.map((m) => keyed[m.i]!)) {
     const key = { columns: t.key.map((k) => k.name), types: t.key.map((k) => ({ schema: k.type_schema, name: k.type_name })) };
     const keyValues = key.columns.map((_, i) => sql`p.key[${i + 1}]`);
     const r = await sql.begin(async (txAny) => {

@@ -29,6 +29,9 @@ export interface DiffDecision {
   prepared?: true;
 }
 
+/** A decision with a filter that no row passes: the task has nothing to read, ship, or mark. */
+export const shipsNothing = (d: DiffDecision | null | undefined): boolean => Boolean(d?.filter) && d!.fineDiffering === 0;
+
 const full = (note: string, wireBytes = 0): DiffDecision => ({ filter: null, note, wireBytes, fineDiffering: 0, fineTotal: 0, message: null });
 
 /**

@@ -1,7 +1,7 @@
 import { SyncflowError, ErrorKind, type AgentRegistry, type Logger, type TaskMessage } from '@syncflow/shared';
 import type { Pools } from '../pools.js';
 import type { AgentClients } from '../clients.js';
-import { computeDiff, type DiffDecision } from './diff-plan.js';
+import { computeDiff, shipsNothing, type DiffDecision } from './diff-plan.js';
 import { batchSizerFor } from './limits.js';
 import type { ChangeLog } from '../read/change-log.js';
 import { readTable, taskReadSpec, type ReadBatch } from '../read/table-reader.js';
@@ -124,7 +124,7 @@ export class DiffPrefetch {
     e.rows = e.decision.then((d) => this.#readAhead(e, d), () => undefined);
     // Still held (not taken by its task): the task is done ahead. Taken meanwhile, it runs as usual.
     void e.decision.then(async (d) => {
-      if (d.filter && d.fineDiffering === 0 && this.#entries.get(e.task.task_id) === e) await this.#deps?.nothingToShip?.(e.task, d);
+      if (shipsNothing(d) && this.#entries.get(e.task.task_id) === e) await this.#deps?.nothingToShip?.(e.task, d);
     }).catch((err) => this.#logFor(e.task).warn({ err: (err as Error).message }, 'diff: a task with nothing to ship not reported done ahead; it runs when its level comes'));
     void e.rows.finally(() => {
       this.#running--;
@@ -149,7 +149,7 @@ export class DiffPrefetch {
    * past the budget, a job snapshot gone (the task then reads from its own snapshot and says so).
    */
   async #readAhead(e: Entry, d: DiffDecision): Promise<ReadBatch[] | undefined> {
-    if (!d.filter || d.fineDiffering === 0 || !this.readAheadBytes || !this.#entries.has(e.task.task_id)) return undefined;
+    if (!d.filter || shipsNothing(d) || !this.readAheadBytes || !this.#entries.has(e.task.task_id)) return undefined;
     const task = e.task;
     const log = this.#logFor(task);
     const t0 = Date.now();

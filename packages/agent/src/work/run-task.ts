@@ -9,7 +9,7 @@ import { SNAPSHOT_ID, useSnapshot } from '../read/snapshot.js';
 import { TransferSender, type TransferStart } from '../stream/transfer-client.js';
 import type { AgentClients } from '../clients.js';
 import { batchSizerFor, type JobLimiters, type InflightBytes } from './limits.js';
-import { decideDiff, diffSummary, type DiffDecision } from './diff-plan.js';
+import { decideDiff, diffSummary, shipsNothing, type DiffDecision } from './diff-plan.js';
 import type { DiffPrefetch } from './diff-prefetch.js';
 import type { ChangeLog } from '../read/change-log.js';
 
@@ -189,8 +189,7 @@ export async function runTask(task: TaskMessage, delivery: number, deps: TaskDep
         }
         return result;
       };
-      const nothingDiffers = Boolean(diff?.filter) && diff?.fineDiffering === 0;
-      const { snapshot } = await (nothingDiffers ? Promise.resolve({ snapshot: 'job' as const }) : read(start, snapshotId, diff?.filter ?? null, readAhead)).catch(async (e) => {
+      const { snapshot } = await (shipsNothing(diff) ? Promise.resolve({ snapshot: 'job' as const }) : read(start, snapshotId, diff?.filter ?? null, readAhead)).catch(async (e) => {
         if (toSyncflowError(e).code !== KEYLESS_CHANGED || restarted) throw e;
         // Started over on a new stream: the target drops the bucket filter with the rows; every row ships.
         start = await restartTable('it changed since the job snapshot, which is gone');

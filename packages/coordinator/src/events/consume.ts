@@ -23,7 +23,7 @@ export class EventConsumer {
 
   async #run(): Promise<void> {
     // Up to 64 events a pull, applied one after the other as they arrive (each acked once the control DB has it).
-    await pullEach(this.js, this.n.eventsStream, this.n.coordinatorConsumer, this.log, { stopping: () => this.#stopping, batch: () => 64 }, async (m) => {
+    await pullEach(this.js, this.n.eventsStream, this.n.coordinatorConsumer, this.log, { stopping: () => this.#stopping, batch: 64 }, async (m) => {
       const parsed = eventMessage.safeParse(decodeJson(m.data));
       if (!parsed.success) {
         this.log.error({ subject: m.subject }, 'malformed event dropped');
