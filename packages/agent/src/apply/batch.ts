@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ident, identList, type Sql, type ApplyMethod, type CopyFormat } from '@syncflow/shared';
+import { ident, identList, toSyncflowError, type Sql, type ApplyMethod, type CopyFormat } from '@syncflow/shared';
 import { BINARY_HEADER, BINARY_TRAILER } from '../read/copy-binary.js';
 import { keyCompare, joinFragments, IntegerKeys, type KeySpec } from '../read/keys.js';
 import {
-  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, type UndoTarget,
+  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, CHANGED_CONCURRENTLY, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
 import { countBits, keysFrom } from '../read/buckets.js';
@@ -26,6 +26,8 @@ export interface ApplySpec {
   diff?: TaskFilter | null;
   /** How the batches' bytes are encoded: binary COPY tuples only for method copy (the planner decides). */
   format?: CopyFormat;
+  /** A partitioned table: its upserts lock their rows before reading their before-images (upsertLogged). */
+  partitioned?: boolean;
 }
 
 export interface IncomingBatch {
@@ -36,15 +38,16 @@ export interface IncomingBatch {
   lastKey: string[] | null;
 }
 
-export interface Applied { duplicate: boolean; inserted: number; updated: number; marked: number; quarantined: number }
+/** `relocked`: a row changed under the batch's first try; it was applied again with its rows locked first. */
+export interface Applied { duplicate: boolean; inserted: number; updated: number; marked: number; quarantined: number; relocked?: boolean }
 
 /**
  * Applies one batch in one transaction together with its ledger row; a batch whose ledger row
  * exists is skipped. Every change is logged in the undo log in the same transaction (apply/undo.ts);
  * rows the target refuses are bisected out and quarantined (apply/quarantine.ts) unless the job
- * says on_bad_row = fail. READ COMMITTED: rows the batch updates are locked when their
- * before-image is taken and written atomically, and a concurrent writer of the same row is waited
- * for, not silently overwritten mid-statement (see docs/safety.md, "Isolation").
+ * says on_bad_row = fail. READ COMMITTED: a row's before-image is the version the batch updates
+ * (checked, or locked first), and a concurrent writer of the same row is waited for, not silently
+ * overwritten mid-statement (see docs/safety.md, "Isolation").
  */
 export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lowerKey: string[] | null): Promise<Applied> {
   if (spec.method === 'copy') {
@@ -56,6 +59,17 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     });
     if (direct) return direct;
   }
+  // Upserts read their before-images beside the update, unless a row changed under them (or the
+  // target's syncflow schema predates the check, 42883): then the batch runs again, locking first.
+  return applyStaged(sql, spec, b, lowerKey, spec.partitioned === true).catch((e) => {
+    const code = toSyncflowError(e).code;
+    if (code !== CHANGED_CONCURRENTLY && code !== '42883') throw e;
+    return applyStaged(sql, spec, b, lowerKey, true).then((r) => ({ ...r, relocked: true }));
+  });
+}
+
+/** The staged way: the batch into a temporary stage, then inserted or upserted from it, logged; see upsertLogged for `lockFirst`. */
+function applyStaged(sql: Sql, spec: ApplySpec, b: IncomingBatch, lowerKey: string[] | null, lockFirst: boolean): Promise<Applied> {
   return sql.begin('ISOLATION LEVEL READ COMMITTED', async (txAny) => {
     const tx = txAny as unknown as Sql;
     const u = await beginBatch(tx, spec, b);
@@ -77,14 +91,8 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
       let r: ChunkCounts;
       if (keyCols.length === 0) {
         r = { inserted: await insertKeylessLogged(t, u, stage, spec.method === 'append'), updated: 0 };
-      } else if (spec.method === 'copy') {
-        r = await upsertLogged(t, u, stage, null);
       } else {
-        const onConflict = rest.length === 0
-          ? t`DO NOTHING`
-          : t`DO UPDATE SET (${identList(t, rest)}) = ROW(${identList(t, rest, 'excluded')})
-               WHERE ROW(${identList(t, rest, 't')})::text IS DISTINCT FROM ROW(${identList(t, rest, 'excluded')})::text`;
-        r = await upsertLogged(t, u, stage, onConflict);
+        r = await upsertLogged(t, u, stage, spec.method === 'copy' ? 'error' : rest.length === 0 ? 'keep' : 'update', lockFirst);
       }
       if (stage !== 'sf_stage') {
         if (keepStage) await t`INSERT INTO sf_stage SELECT * FROM ${st}`;

@@ -12,6 +12,13 @@ export async function columnTypes(sql: Sql, schema: string, table: string): Prom
   return new Map(rows.map((r) => [r.name, { schema: r.type_schema, name: r.type_name }]));
 }
 
+/** Whether the table is partitioned (relkind p); false for a plain table, or none by that name. */
+export async function isPartitioned(sql: Sql, schema: string, table: string): Promise<boolean> {
+  const [r] = await sql<{ p: boolean }[]>`
+    SELECT coalesce((SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text))), false) AS p`;
+  return r!.p;
+}
+
 export interface KeySpec {
   columns: readonly string[];
   types: readonly { schema: string; name: string }[];

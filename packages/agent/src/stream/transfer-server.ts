@@ -8,7 +8,7 @@ import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledge
 import { restartTask } from '../apply/restart.js';
 import { registerUndoTable } from '../apply/undo.js';
 import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
-import { columnTypes } from '../read/keys.js';
+import { columnTypes, isPartitioned } from '../read/keys.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
 
@@ -59,14 +59,16 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
 
   await withSpan('apply table', { 'syncflow.job': spec.jobId, 'syncflow.task': spec.taskId, 'db.sql.table': `${spec.schema}.${spec.table}` }, async (span) => {
     // What the ready ack needs, asked at once (every task's first step waits for it): the key's types,
-    // where the ledger says to resume, and (diff re-sync) the bucket filter of the committed batches.
-    const opening = () => Promise.all([keyTypes(sql, spec), ledgerPosition(sql, spec.jobId, spec.taskId), storedFilter(sql, spec.jobId, spec.taskId)]);
-    const [types, found, storedFound] = await opening().catch(async (e) => {
+    // where the ledger says to resume, (diff re-sync) the bucket filter of the committed batches, and
+    // whether the table is partitioned (how its upserts take before-images).
+    const opening = () => Promise.all([keyTypes(sql, spec), ledgerPosition(sql, spec.jobId, spec.taskId), storedFilter(sql, spec.jobId, spec.taskId), isPartitioned(sql, spec.schema, spec.table)]);
+    const [types, found, storedFound, partitioned] = await opening().catch(async (e) => {
       if (toSyncflowError(e).code !== '42P01') throw e;
       await ensureTargetSchema(sql);
       return opening();
     });
     spec.key = { columns: header.key_columns, types };
+    spec.partitioned = partitioned;
     let pos = found;
     let stored = storedFound;
     // Registered once, committed, before any batch: every batch registers it again in its own
@@ -121,6 +123,7 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
         call.write({ seq: b.seq, last_key: lastKey ? { values: lastKey } : null, rows: b.rows, duplicate: r.duplicate,
           rows_inserted: r.inserted, rows_updated: r.updated, rows_marked_for_delete: r.marked, rows_quarantined: r.quarantined });
         if (r.quarantined) tlog.warn({ seq: b.seq, quarantined: r.quarantined }, 'rows refused by the target were quarantined');
+        if (r.relocked) tlog.info({ seq: b.seq }, 'a row of the batch changed under it (another writer); applied again, its rows locked before their before-images');
       } else if (msg.end) {
         if (!applied && !duplicates) checkResume(pos.seq, stored, spec.diff ?? null);
         const marked = await applyEnd(sql, spec, prevKey, upto, batches);
