@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { RowBatcher, decodeField, leadingFields } from '../../packages/agent/src/read/copy-text.js';
+import { RowBatcher, LineSplitter, decodeField, decodeOutputField, leadingFields } from '../../packages/agent/src/read/copy-text.js';
 
 describe('COPY text decoding', () => {
   it('undoes every escape and tells NULL from the text \\N', () => {
@@ -45,5 +45,28 @@ describe('RowBatcher', () => {
     expect(out[0]!.rows).toBe(1);
     expect(out[0]!.lastRow.toString()).toBe(`1\t${'y'.repeat(100)}`);
     expect(b.end()!.rows).toBe(1);
+  });
+});
+
+describe('COPY TO text output, read as lines', () => {
+  it('undoes the escapes COPY writes, and only those', () => {
+    // A bytea printed by test_decoding ('\x0a…'): COPY doubles its backslash.
+    expect(decodeOutputField(Buffer.from(String.raw`table public.t: UPDATE: b[bytea]:'\\x0aff'`))).toBe(String.raw`table public.t: UPDATE: b[bytea]:'\x0aff'`);
+    expect(decodeOutputField(Buffer.from('a\\tb\\nc\\\\d\\r\\b\\f\\v'))).toBe('a\tb\nc\\d\r\b\f\v');
+    expect(decodeOutputField(Buffer.from('naïve 東京 🎉'))).toBe('naïve 東京 🎉');
+  });
+
+  it('cuts rows however the chunks fall, and refuses a stream that ends inside one', () => {
+    const text = Buffer.from('first\tf\nsecond, longer\tt\n\tf\nlast 東京\tf\n');
+    for (const size of [1, 2, 3, 7, 100]) {
+      const lines = new LineSplitter();
+      const got: string[] = [];
+      for (let i = 0; i < text.length; i += size) for (const l of lines.push(text.subarray(i, i + size))) got.push(l.toString());
+      lines.end();
+      expect(got).toEqual(['first\tf', 'second, longer\tt', '\tf', 'last 東京\tf']);
+    }
+    const cut = new LineSplitter();
+    [...cut.push(Buffer.from('a\tf\nb'))];
+    expect(() => cut.end()).toThrow(/inside a row/);
   });
 });

@@ -1,5 +1,6 @@
 import { CHANGE_SLOT, invalidArgument, toSyncflowError, type Logger, type Sql } from '@syncflow/shared';
 import { withPinnedTextForms } from './text-forms.js';
+import { LineSplitter, decodeOutputField } from './copy-text.js';
 
 /**
  * Diff re-sync from tracked changes, on the source: the keys of the rows changed between a table's
@@ -24,8 +25,7 @@ import { withPinnedTextForms } from './text-forms.js';
  */
 const FIRST_LINE = 2_048;
 export const MAX_LINE = 16_384;
-/** Characters of lines per fetch of the cursor, at most: 8 192 lines of the first read, 1 024 of a second one. */
-const FETCH_CHARS = 16 * 1024 * 1024;
+const TAB = 0x09;
 
 /** Decodes held (a job's tasks share one; a job after it decodes again). */
 const MAX_DECODES = 4;
@@ -128,7 +128,7 @@ export class ChangeLog {
     await sqlPool.begin(async (txAny) => {
       const tx = txAny as unknown as Sql;
       out.began = Date.now();
-      // Every table's key in one catalog query, before the cursor (this connection is then busy with it).
+      // Every table's key in one catalog query, before the COPY (this connection is then busy with it).
       const tables = await tablesInfo(tx);
       // Values print in pinned text forms, the ones the keys are read back in (buckets.ts typedKeys).
       await withPinnedTextForms(tx, async () => {
@@ -136,6 +136,8 @@ export class ChangeLog {
         const later = await this.#pass(tx, slot, upto, FIRST_LINE, tables, out, kept, null);
         if (later.size && !out.overflow) await this.#pass(tx, slot, upto, MAX_LINE, tables, out, kept, later);
       });
+    }).catch((e) => {
+      if (!out.overflow) throw e; // else: the COPY cancelled past the key limit (every table hashes)
     });
     if (out.overflow) for (const t of out.tables.values()) t.keys.clear();
     return out;
@@ -143,8 +145,8 @@ export class ChangeLog {
 
   /**
    * One read of the slot's changes, each line cut at `lineLength` characters: only the key is read,
-   * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise hold thousands of them
-   * in memory at once (a fetch holds FETCH_CHARS characters at most). The first read (`only` null)
+   * and a change of huge rows (4 MB values print as 8 MB of hex) would otherwise cost the agent memory
+   * and time for nothing (the COPY stream is read as it comes). The first read (`only` null)
    * takes every table; a table whose key a cut line does not hold is returned, to be read again with
    * longer lines (`only`: those tables).
    */
@@ -169,64 +171,86 @@ export class ChangeLog {
       if (!info?.key) return true;
       return otherPass(info.rootKey) || out.tables.get(info.rootKey)?.unusable !== undefined;
     };
-    out.passes++;
-    const cursor = tx<{ data: string; cut: boolean }[]>`
-      SELECT left(data, ${lineLength}) AS data, length(data) > ${lineLength} AS cut
-      FROM pg_logical_slot_peek_changes(${slot}, ${upto}::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
-      WHERE data LIKE 'table %'`.cursor(Math.floor(FETCH_CHARS / lineLength));
-    // Past the key limit every table hashes: the rest of the changes are not read.
-    decoding: for await (const rows of cursor) {
-      if (!only) out.firstRows ||= Date.now();
-      const t0 = performance.now();
-      for (const { data, cut } of rows) {
-        if (out.overflow) break decoding;
-        if (!only) out.changes++;
-        const change = parseChange(data, cut, keyOf, skip);
-        for (const name of change.tables) {
-          // A partition's changes count for the partitioned table the tasks sync. A table missing from
-          // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
-          const info = infoOf(name.schema, name.table);
-          const key = info?.key ?? null;
-          const k = info?.rootKey ?? tableKey(name.schema, name.table);
-          if (otherPass(k)) continue;
-          let t = out.tables.get(k);
-          if (!t) {
-            t = { key, keys: new Map() };
-            if (!t.key) t.unusable = 'the table changed since its last sync, and without a primary key its changes name no rows';
-            out.tables.set(k, t);
+    /** One change line: the keys it names, kept per table (past the key limit, `out.overflow`). */
+    const take = (data: string, cut: boolean) => {
+      if (!only) out.changes++;
+      const change = parseChange(data, cut, keyOf, skip);
+      for (const name of change.tables) {
+        // A partition's changes count for the partitioned table the tasks sync. A table missing from
+        // the catalog now (dropped or renamed since) has no key: it hashes, should a task name it.
+        const info = infoOf(name.schema, name.table);
+        const key = info?.key ?? null;
+        const k = info?.rootKey ?? tableKey(name.schema, name.table);
+        if (otherPass(k)) continue;
+        let t = out.tables.get(k);
+        if (!t) {
+          t = { key, keys: new Map() };
+          if (!t.key) t.unusable = 'the table changed since its last sync, and without a primary key its changes name no rows';
+          out.tables.set(k, t);
+        }
+        if (t.unusable) continue;
+        if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
+        const cols = t.key!;
+        for (const tuple of change.tuples) {
+          const values: (Value | undefined)[] = new Array(cols.length);
+          let absent = false, toasted = false, nulls = false;
+          for (let i = 0; i < cols.length; i++) {
+            const v = tuple.get(cols[i]!);
+            values[i] = v;
+            if (v === undefined) absent = true;
+            else if (v === UNCHANGED_TOAST) toasted = true;
+            else if (v === null) nulls = true;
           }
-          if (t.unusable) continue;
-          if (change.op === 'TRUNCATE') { t.unusable = 'the table was truncated since the last sync'; t.keys.clear(); continue; }
-          const cols = t.key!;
-          for (const tuple of change.tuples) {
-            const values: (Value | undefined)[] = new Array(cols.length);
-            let absent = false, toasted = false, nulls = false;
-            for (let i = 0; i < cols.length; i++) {
-              const v = tuple.get(cols[i]!);
-              values[i] = v;
-              if (v === undefined) absent = true;
-              else if (v === UNCHANGED_TOAST) toasted = true;
-              else if (v === null) nulls = true;
-            }
-            if (absent || toasted) {
-              const keyCut = cut && absent;
-              kept.n -= t.keys.size;
-              t.keys.clear();
-              if (keyCut && lineLength < MAX_LINE) { later.add(k); break; } // read again with longer lines
-              t.unusable = keyCut
-                ? `a ${change.op} since the last sync prints its primary key after ${lineLength} characters of other columns`
-                : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
-              break;
-            }
-            // Each key once: its text itself, or its values joined by NUL (no text value holds one); a key with a null (never one of a primary key) as JSON.
-            const id = nulls ? `\u0001${JSON.stringify(values)}` : cols.length === 1 ? values[0] as string : values.join('\u0000');
-            if (t.keys.has(id)) continue;
-            t.keys.set(id, values as (string | null)[]);
-            if (++kept.n > this.maxKeys) { out.overflow = true; break; }
+          if (absent || toasted) {
+            const keyCut = cut && absent;
+            kept.n -= t.keys.size;
+            t.keys.clear();
+            if (keyCut && lineLength < MAX_LINE) { later.add(k); break; } // read again with longer lines
+            t.unusable = keyCut
+              ? `a ${change.op} since the last sync prints its primary key after ${lineLength} characters of other columns`
+              : `a ${change.op} since the last sync does not name the row's primary key (replica identity)`;
+            break;
           }
+          // Each key once: its text itself, or its values joined by NUL (no text value holds one); a key with a null (never one of a primary key) as JSON.
+          const id = nulls ? `\u0001${JSON.stringify(values)}` : cols.length === 1 ? values[0] as string : values.join('\u0000');
+          if (t.keys.has(id)) continue;
+          t.keys.set(id, values as (string | null)[]);
+          if (++kept.n > this.maxKeys) { out.overflow = true; break; }
         }
       }
-      out.parseMs += performance.now() - t0;
+    };
+    out.passes++;
+    // One COPY streams the lines as PostgreSQL sends them (a cursor waited a round trip per fetch, and
+    // built a row object per line). COPY takes no parameters: the slot, the end of the range and the
+    // line length ride in transaction-local settings.
+    await tx`SELECT set_config('syncflow.slot', ${slot}, true), set_config('syncflow.upto', ${upto}, true), set_config('syncflow.line', ${String(lineLength)}, true)`;
+    const query = tx`COPY (
+      SELECT left(data, current_setting('syncflow.line')::int), length(data) > current_setting('syncflow.line')::int
+      FROM pg_logical_slot_peek_changes(current_setting('syncflow.slot'), current_setting('syncflow.upto')::pg_lsn, NULL, 'include-xids', '0', 'skip-empty-xacts', '1')
+      WHERE data LIKE 'table %') TO STDOUT`;
+    const stream = await query.readable();
+    const lines = new LineSplitter();
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        // Past the key limit every table hashes: the rest of the changes are not read (the COPY is
+        // cancelled, what is in flight drained; its transaction ends in an error #peek expects).
+        if (out.overflow) continue;
+        if (!only) out.firstRows ||= Date.now();
+        const t0 = performance.now();
+        for (const line of lines.push(chunk)) {
+          const tab = line.lastIndexOf(TAB);
+          take(decodeOutputField(line.subarray(0, tab)), line[tab + 1] === 0x74 /* t */);
+          if (out.overflow) {
+            void Promise.resolve((query as unknown as { cancel(): unknown }).cancel()).catch(() => undefined);
+            break;
+          }
+        }
+        out.parseMs += performance.now() - t0;
+      }
+      if (!out.overflow) lines.end();
+    } finally {
+      // As in table-reader.ts: resume postgres.js's socket in case the last chunk paused it.
+      (stream as unknown as { _read?: () => void })._read?.();
     }
     return later;
   }

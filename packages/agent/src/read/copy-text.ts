@@ -149,3 +149,36 @@ function edgeRows(data: Buffer): { firstRow: Buffer; lastRow: Buffer } {
   const lastStart = data.lastIndexOf(NL, data.length - 2) + 1;
   return { firstRow: data.subarray(0, firstEnd), lastRow: data.subarray(lastStart, data.length - 1) };
 }
+
+/**
+ * A field as COPY TO writes it in text format, back to its text: COPY's output escapes only the
+ * backslash, and the control characters \b \f \n \r \t \v (the others go out as they are).
+ */
+export function decodeOutputField(f: Buffer): string {
+  const s = f.toString('utf8');
+  return s.includes('\\') ? s.replace(/\\([\\bfnrtv])/g, (_, c: string) => OUTPUT_ESCAPES[c]!) : s;
+}
+
+const OUTPUT_ESCAPES: Record<string, string> = { '\\': '\\', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v' };
+
+/** Cuts COPY text chunks into rows (without their newline), however the socket chunked them. */
+export class LineSplitter {
+  #rest: Buffer | null = null;
+
+  /** The rows a chunk completes. */
+  *push(chunk: Buffer): Generator<Buffer> {
+    let start = 0;
+    for (let nl = chunk.indexOf(NL); nl !== -1; nl = chunk.indexOf(NL, start)) {
+      const head = chunk.subarray(start, nl);
+      yield this.#rest ? Buffer.concat([this.#rest, head]) : head;
+      this.#rest = null;
+      start = nl + 1;
+    }
+    if (start < chunk.length) this.#rest = this.#rest ? Buffer.concat([this.#rest, chunk.subarray(start)]) : chunk.subarray(start);
+  }
+
+  /** Throws when the stream ended inside a row (COPY ends every row with a newline). */
+  end(): void {
+    if (this.#rest?.length) throw new Error('COPY stream ended inside a row');
+  }
+}
