@@ -5,7 +5,7 @@ import { ident, identList, toSyncflowError, type Sql, type ApplyMethod, type Cop
 import { BINARY_HEADER, BINARY_TRAILER } from '../read/copy-binary.js';
 import { keyCompare, joinFragments, IntegerKeys, type KeySpec } from '../read/keys.js';
 import {
-  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, CHANGED_CONCURRENTLY, type UndoTarget,
+  fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, retryLockingFirst, type UndoTarget,
 } from './undo.js';
 import { applyBisecting, badRowPolicy, isDataError, type ChunkCounts } from './quarantine.js';
 import { countBits, keysFrom } from '../read/buckets.js';
@@ -59,11 +59,9 @@ export async function applyBatch(sql: Sql, spec: ApplySpec, b: IncomingBatch, lo
     });
     if (direct) return direct;
   }
-  // Upserts read their before-images beside the update, unless a row changed under them (or the
-  // target's syncflow schema predates the check, 42883): then the batch runs again, locking first.
+  // Upserts read their before-images beside the update; a batch a row changed under runs again, locking first.
   return applyStaged(sql, spec, b, lowerKey, spec.partitioned === true).catch((e) => {
-    const code = toSyncflowError(e).code;
-    if (code !== CHANGED_CONCURRENTLY && code !== '42883') throw e;
+    if (!retryLockingFirst(toSyncflowError(e).code)) throw e;
     return applyStaged(sql, spec, b, lowerKey, true).then((r) => ({ ...r, relocked: true }));
   });
 }

@@ -102,7 +102,14 @@ export function rowText(sql: Sql, cols: readonly string[], alias: string) {
 export type OnConflict = 'error' | 'keep' | 'update';
 
 /** SQLSTATE of the optimistic upsert's refusal (syncflow.changed_concurrently()): the batch is applied again with its rows locked first. */
-export const CHANGED_CONCURRENTLY = '40001';
+const CHANGED_CONCURRENTLY = '40001';
+
+/**
+ * Whether a batch whose optimistic upsert failed with this SQLSTATE runs again locking first: a row
+ * changed under it, or a target whose syncflow schema predates syncflow.changed_concurrently()
+ * (42883, undefined function: an agent upgraded while a job it did not prepare runs).
+ */
+export const retryLockingFirst = (sqlstate: string) => sqlstate === CHANGED_CONCURRENTLY || sqlstate === '42883';
 
 /**
  * The function the optimistic upsert calls when a row it is about to update is not the version its
@@ -127,7 +134,7 @@ export async function ensureChangedConcurrently(tx: Sql): Promise<void> {
  * An update's before-image is the row as the statement's snapshot sees it, read beside the update
  * (RETURNING), and the update's condition checks that the row it changes is that very version
  * (same ctid): a row another transaction changed (or inserted) after the statement began — it waits
- * for that writer — makes the statement fail (CHANGED_CONCURRENTLY), and the batch is applied again
+ * for that writer — makes the statement fail (40001, retryLockingFirst), and the batch is applied again
  * with `lockFirst`: the before-images are read first, with FOR UPDATE (which takes the latest committed
  * version and holds it), then joined to what the upsert returns. The optimistic form costs a third
  * less (no lock written per row, no join): the diff re-sync's upserts are most of its target's work.
