@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ident, identList, toSyncflowError, type Sql, type ApplyMethod, type CopyFormat } from '@syncflow/shared';
 import { BINARY_HEADER, BINARY_TRAILER } from '../read/copy-binary.js';
-import { keyCompare, joinFragments, IntegerKeys, type KeySpec } from '../read/keys.js';
+import { keyCompare, keyEquals, joinFragments, IntegerKeys, type KeySpec } from '../read/keys.js';
 import {
   fenceBatch, registerUndoTable, deleteAllLogged, insertKeylessLogged, upsertLogged, keyTextArray, logLoad, retryLockingFirst, type UndoTarget,
 } from './undo.js';
@@ -178,7 +178,7 @@ export async function markMissing(tx: Sql, spec: ApplySpec, lowerKey: string[] |
   } else {
     if (lowerKey) conds.push(keyCompare(tx, k, 't', '>', lowerKey));
     if (upperKey) conds.push(keyCompare(tx, k, 't', '<=', upperKey));
-    if (withStage) conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns)})`);
+    if (withStage) conds.push(tx`NOT EXISTS (SELECT 1 FROM sf_stage s WHERE ${keyEquals(tx, k.columns, 's', 't')})`);
     // Diff re-sync by buckets: only rows of the shipped buckets can be missing from the source.
     if (spec.diff) conds.push(inFilter(tx, spec.columns, k.columns, spec.diff.filter, await filterTypes(tx, spec.schema, spec.table, spec.diff)));
     from = tx`${ident(tx, spec.schema, spec.table)} t`;
@@ -251,5 +251,3 @@ async function copyIn(tx: Sql, query: ReturnType<Sql['unsafe']>, data: readonly 
 }
 
 const andAll = (sql: Sql, parts: ReturnType<Sql['unsafe']>[]) => joinFragments(sql, parts, ' AND ');
-/** `s.k1 = t.k1 AND s.k2 = t.k2` between the stage (s) and the table (t). */
-const keyEquals = (sql: Sql, cols: readonly string[]) => andAll(sql, cols.map((c) => sql`s.${ident(sql, c)} = t.${ident(sql, c)}`));

@@ -1,5 +1,5 @@
 import { ident, identList, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
-import { joinFragments, type KeySpec } from '../read/keys.js';
+import { joinFragments, keyEquals, type KeySpec } from '../read/keys.js';
 
 /**
  * The target's undo log: for every row a job changes, written in the same transaction as the
@@ -164,7 +164,7 @@ export async function upsertLogged(tx: Sql, u: UndoTarget, stage: string, onConf
     return counts(tx`up AS (INSERT INTO ${table} AS t (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM ${st} ON CONFLICT (${keyCols}) DO NOTHING RETURNING ${inserted})`);
   }
   const rest = u.columns.filter((c) => !u.key.columns.includes(c));
-  const keyEq = (a: string, b: string) => joinFragments(tx, u.key.columns.map((c) => tx`${ident(tx, a)}.${ident(tx, c)} = ${ident(tx, b)}.${ident(tx, c)}`), ' AND ');
+  const keyEq = (a: string, b: string) => keyEquals(tx, u.key.columns, a, b);
   const set = tx`SET (${identList(tx, rest)}) = ROW(${identList(tx, rest, 'excluded')})`;
   const differs = tx`ROW(${identList(tx, rest, 't')})::text IS DISTINCT FROM ROW(${identList(tx, rest, 'excluded')})::text`;
   if (!lockFirst) {

@@ -1,6 +1,6 @@
 import { CHANGE_SLOT, invalidArgument, toSyncflowError, type Logger, type Sql } from '@syncflow/shared';
 import { withPinnedTextForms } from './text-forms.js';
-import { LineSplitter, decodeOutputField } from './copy-text.js';
+import { LineSplitter, TAB, decodeOutputField } from './copy-text.js';
 
 /**
  * Diff re-sync from tracked changes, on the source: the keys of the rows changed between a table's
@@ -25,7 +25,6 @@ import { LineSplitter, decodeOutputField } from './copy-text.js';
  */
 const FIRST_LINE = 2_048;
 export const MAX_LINE = 16_384;
-const TAB = 0x09;
 
 /** Decodes held (a job's tasks share one; a job after it decodes again). */
 const MAX_DECODES = 4;

@@ -4,7 +4,7 @@
  * Newlines and tabs inside values are always escaped, so these bytes are exact row/field boundaries.
  */
 const NL = 0x0a;
-const TAB = 0x09;
+export const TAB = 0x09;
 const BS = 0x5c;
 
 /** Decodes the first `n` fields of one row (without its trailing newline) to text; NULL → null. */

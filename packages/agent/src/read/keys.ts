@@ -2,21 +2,20 @@ import { ident, identList, type Sql } from '@syncflow/shared';
 
 /**
  * The types of a table's columns in this database, by column name (empty when there is no such
- * table): the one catalog lookup behind key casts (keyTypes) and typed bucket hashes (hashedTypes).
+ * table), and whether it is partitioned (relkind p): the one catalog lookup behind key casts
+ * (keyTypes), typed bucket hashes (hashedTypes) and how a target's upserts take before-images.
  */
-export async function columnTypes(sql: Sql, schema: string, table: string): Promise<Map<string, { schema: string; name: string }>> {
-  const rows = await sql<{ name: string; type_schema: string; type_name: string }[]>`
-    SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name
-    FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-    WHERE a.attrelid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
-  return new Map(rows.map((r) => [r.name, { schema: r.type_schema, name: r.type_name }]));
+export async function tableColumns(sql: Sql, schema: string, table: string): Promise<{ types: Map<string, { schema: string; name: string }>; partitioned: boolean }> {
+  const rows = await sql<{ name: string; type_schema: string; type_name: string; partitioned: boolean }[]>`
+    SELECT a.attname AS name, tn.nspname AS type_schema, ty.typname AS type_name, c.relkind = 'p' AS partitioned
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    WHERE c.oid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text)) AND a.attnum > 0 AND NOT a.attisdropped`;
+  return { types: new Map(rows.map((r) => [r.name, { schema: r.type_schema, name: r.type_name }])), partitioned: rows[0]?.partitioned ?? false };
 }
 
-/** Whether the table is partitioned (relkind p); false for a plain table, or none by that name. */
-export async function isPartitioned(sql: Sql, schema: string, table: string): Promise<boolean> {
-  const [r] = await sql<{ p: boolean }[]>`
-    SELECT coalesce((SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass(format('%I.%I', ${schema}::text, ${table}::text))), false) AS p`;
-  return r!.p;
+/** The types of a table's columns (tableColumns). */
+export async function columnTypes(sql: Sql, schema: string, table: string): Promise<Map<string, { schema: string; name: string }>> {
+  return (await tableColumns(sql, schema, table)).types;
 }
 
 export interface KeySpec {
@@ -53,6 +52,11 @@ export function keyCompare(sql: Sql, key: KeySpec, alias: string, op: '>' | '<='
 export function joinFragments(sql: Sql, parts: readonly ReturnType<Sql['unsafe']>[], sep = ', ') {
   if (parts.length === 0) return sql``;
   return parts.slice(1).reduce((acc, p) => sql`${acc}${sql.unsafe(sep)}${p}`, parts[0]!);
+}
+
+/** `a.k1 = b.k1 AND …`: the rows of aliases `a` and `b` with equal key columns. */
+export function keyEquals(sql: Sql, cols: readonly string[], a: string, b: string) {
+  return joinFragments(sql, cols.map((c) => sql`${ident(sql, a)}.${ident(sql, c)} = ${ident(sql, b)}.${ident(sql, c)}`), ' AND ');
 }
 
 const INTEGER_TYPES = new Set(['int2', 'int4', 'int8']);

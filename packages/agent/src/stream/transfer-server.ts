@@ -8,7 +8,7 @@ import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledge
 import { restartTask } from '../apply/restart.js';
 import { registerUndoTable } from '../apply/undo.js';
 import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
-import { columnTypes, isPartitioned } from '../read/keys.js';
+import { tableColumns } from '../read/keys.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
 
@@ -58,11 +58,11 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
   const tlog = log.child({ job: spec.jobId, task: spec.taskId, table: `${spec.schema}.${spec.table}` });
 
   await withSpan('apply table', { 'syncflow.job': spec.jobId, 'syncflow.task': spec.taskId, 'db.sql.table': `${spec.schema}.${spec.table}` }, async (span) => {
-    // What the ready ack needs, asked at once (every task's first step waits for it): the key's types,
-    // where the ledger says to resume, (diff re-sync) the bucket filter of the committed batches, and
-    // whether the table is partitioned (how its upserts take before-images).
-    const opening = () => Promise.all([keyTypes(sql, spec), ledgerPosition(sql, spec.jobId, spec.taskId), storedFilter(sql, spec.jobId, spec.taskId), isPartitioned(sql, spec.schema, spec.table)]);
-    const [types, found, storedFound, partitioned] = await opening().catch(async (e) => {
+    // What the ready ack needs, asked at once (every task's first step waits for it): the key's types
+    // (and whether the table is partitioned: how its upserts take before-images), where the ledger says
+    // to resume, and (diff re-sync) the bucket filter of the committed batches.
+    const opening = () => Promise.all([targetKey(sql, spec), ledgerPosition(sql, spec.jobId, spec.taskId), storedFilter(sql, spec.jobId, spec.taskId)]);
+    const [{ types, partitioned }, found, storedFound] = await opening().catch(async (e) => {
       if (toSyncflowError(e).code !== '42P01') throw e;
       await ensureTargetSchema(sql);
       return opening();
@@ -145,13 +145,19 @@ function copyFormatFromWire(f: string): CopyFormat {
   throw invalidArgument(`unknown copy_format ${JSON.stringify(f)}`);
 }
 
-/** The target's own types of the key columns (casts on the target use the target's catalog). */
-async function keyTypes(sql: Sql, spec: ApplySpec): Promise<{ schema: string; name: string }[]> {
-  if (spec.key.columns.length === 0) return [];
-  const types = await columnTypes(sql, spec.schema, spec.table);
-  return spec.key.columns.map((c) => {
-    const t = types.get(c);
-    if (!t) throw invalidArgument(`key column ${c} not found on target table ${spec.schema}.${spec.table}`);
-    return t;
-  });
+/**
+ * The target's own types of the key columns (casts on the target use the target's catalog), and
+ * whether the table is partitioned; a keyless table needs neither (it is never upserted).
+ */
+async function targetKey(sql: Sql, spec: ApplySpec): Promise<{ types: { schema: string; name: string }[]; partitioned: boolean }> {
+  if (spec.key.columns.length === 0) return { types: [], partitioned: false };
+  const { types, partitioned } = await tableColumns(sql, spec.schema, spec.table);
+  return {
+    types: spec.key.columns.map((c) => {
+      const t = types.get(c);
+      if (!t) throw invalidArgument(`key column ${c} not found on target table ${spec.schema}.${spec.table}`);
+      return t;
+    }),
+    partitioned,
+  };
 }
