@@ -106,6 +106,11 @@ describe('rollback', () => {
     expect(Number(job.rows_deleted)).toBe(3); // 9001, 9002 and the child of 9001
     expect(diffHashes(await databaseHashes(a.sql('app')), await databaseHashes(b.sql('app')))).toEqual([]);
     expect(await sequenceValues(b.sql('app'))).toEqual(await sequenceValues(a.sql('app')));
+    // The undo log's row images are compressed with lz4 (Debian's PostgreSQL is built with it); rollback reads them below.
+    const compression = await b.sql('app')<{ c: string }[]>`
+      SELECT attname::text || ':' || attcompression::text AS c FROM pg_attribute
+      WHERE attrelid = 'syncflow.undo_log'::regclass AND attname IN ('before', 'after_row') ORDER BY attname`;
+    expect(compression.map((x) => x.c)).toEqual(['after_row:l', 'before:l']);
 
     const rb = await stack.cli(['job', 'rollback', job.id, '--json']);
     expect(rb.code, rb.stderr).toBe(0);

@@ -64,13 +64,26 @@ const INTEGER_TYPES = new Set(['int2', 'int4', 'int8']);
 /** An exact integer: a number up to 15 digits (cheap), a BigInt beyond (int8); `<` and `>` compare the two exactly. */
 type Int = number | bigint;
 
+/** A plain integer's text: an optional minus and digits only. */
+function isInteger(v: string): boolean {
+  const n = v.length;
+  let i = n > 0 && v.charCodeAt(0) === 45 /* - */ ? 1 : 0;
+  if (i === n) return false;
+  for (; i < n; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
+
 /** A key tuple as exact integers; undefined when a value is not a plain integer (null: no tuple). */
 function integerTuple(k: readonly (string | null)[] | null | undefined): Int[] | null | undefined {
   if (!k) return null;
-  const out: Int[] = [];
-  for (const v of k) {
-    if (v === null || !/^-?\d+$/.test(v)) return undefined;
-    out.push(v.length <= 15 ? Number(v) : BigInt(v));
+  const out: Int[] = new Array(k.length);
+  for (let i = 0; i < k.length; i++) {
+    const v = k[i];
+    if (v === null || v === undefined || !isInteger(v)) return undefined;
+    out[i] = v.length <= 15 ? Number(v) : BigInt(v);
   }
   return out;
 }
@@ -110,13 +123,17 @@ export class IntegerKeys {
 
   static #parse(types: readonly { schema: string; name: string }[], keys: readonly (string | null)[][]): IntegerKeys | undefined {
     if (!types.every((t) => t.schema === 'pg_catalog' && INTEGER_TYPES.has(t.name))) return undefined;
-    const seen = new Map<string, Int[]>();
-    for (const k of keys) {
-      const v = integerTuple(k);
+    const tuples: Int[][] = new Array(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      const v = integerTuple(keys[i]);
       if (!v) return undefined;
-      seen.set(v.join(','), v);
+      tuples[i] = v;
     }
-    return new IntegerKeys([...seen.values()].sort(compareTuples));
+    // Sorted, then each distinct tuple once (equal tuples are neighbours): no text key per tuple.
+    tuples.sort(compareTuples);
+    const distinct: Int[][] = [];
+    for (const v of tuples) if (!distinct.length || compareTuples(distinct[distinct.length - 1]!, v) !== 0) distinct.push(v);
+    return new IntegerKeys(distinct);
   }
 
   /** The keys inside (after, upto] (either end open when missing), in canonical text forms; undefined for a bound that is not an integer tuple. */
