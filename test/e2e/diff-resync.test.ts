@@ -130,6 +130,9 @@ describe('diff re-sync', () => {
     expect(logs).toContain('"source_rescanned":false');
     expect(logs).not.toContain('"source_rescanned":true');
     expect(logs).not.toContain('scanned again');
+    // events: the rows of its differing buckets found by the ctids those passes kept, on both sides (no second scan).
+    expect(logs).toMatch(/"rows_by_ctid":[1-9]\d*,[^\n]*"msg":"diff: buckets compared"/);
+    expect(logs).toMatch(/"rows_by_ctid":[1-9]\d*[^\n]*"msg":"diff re-sync: shipping only differing hash buckets"/);
   });
 
   it('PrepareDiffs refuses what is not a task message, change slot RPCs a name not syncflow\'s: INVALID_ARGUMENT naming it, nothing queued or dropped', async () => {

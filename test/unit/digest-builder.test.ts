@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { BucketSums, CopyHashReader, digestOf, rowValue } from '../../packages/agent/src/read/digest-builder.js';
+import { BucketSums, CopyHashReader, TidLog, digestOf, rowValue } from '../../packages/agent/src/read/digest-builder.js';
 import { DigestMemory } from '../../packages/agent/src/read/digest-cache.js';
-import { bitmapOf, differingSlots, COARSE_SHIFT } from '../../packages/agent/src/read/buckets.js';
+import { bitmapOf, differingSlots, hasBit, tidArray, COARSE_SHIFT } from '../../packages/agent/src/read/buckets.js';
 
 /** Deterministic pseudo-random 32-bit values. */
 function rng(seed: number) {
@@ -35,7 +35,59 @@ function copyBinary(rows: readonly Row[], fields: 1 | 2): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The binary COPY stream of a keyless table's pass that keeps ctids: (bucket hash int8, ctid tid) per row. */
+function copyBinaryWithTids(rows: readonly Row[]): Buffer {
+  const parts = [Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1'), Buffer.alloc(8)];
+  rows.forEach(([a, b], i) => {
+    const t = Buffer.alloc(2 + 12 + 10);
+    t.writeInt16BE(2, 0);
+    t.writeInt32BE(8, 2); t.writeUInt32BE(a, 6); t.writeUInt32BE(b, 10);
+    t.writeInt32BE(6, 14); t.writeUInt32BE(1000 + (i >> 4), 18); t.writeUInt16BE(1 + (i & 15), 22); // block, offset
+    parts.push(t);
+  });
+  parts.push(Buffer.from([0xff, 0xff]));
+  return Buffer.concat(parts);
+}
+
 describe('diff digests built in the agent', () => {
+  it('keyless: a pass that keeps ctids sums the same digests and finds the rows of any set of buckets', () => {
+    const fineBits = 9;
+    const rows = rowsOf(1500, 11);
+    const whole = copyBinaryWithTids(rows);
+    for (const size of [1, 5, 23, 24, 25, 64, 4096]) {
+      const s = new BucketSums(fineBits);
+      s.tids = new TidLog(4000, 16);
+      const r = new CopyHashReader(s, 2, s.tids);
+      for (let o = 0; o < whole.length; o += size) r.push(whole.subarray(o, o + size));
+      r.end();
+      expect(s.rows).toBe(1500);
+      expect(s.tids.rows).toBe(1500);
+      expect(s.coarseDigests().equals(build(fineBits, rows, false).coarseDigests())).toBe(true);
+      const wanted = new Set([3, 77, 200, 511]);
+      const expected = rows.flatMap(([, b], i) => (wanted.has(b & (2 ** fineBits - 1)) ? [`(${1000 + (i >> 4)},${1 + (i & 15)})`] : []));
+      expect(expected.length).toBeGreaterThan(0);
+      expect(s.tids.select((bucket) => wanted.has(bucket), 10_000)).toEqual(expected);
+      expect(s.tids.select((bucket) => wanted.has(bucket), expected.length - 1)).toBeNull(); // more than asked for: scan instead
+      // The target keeps only the rows of the coarse buckets asked about, then the filter's fine buckets pick from them.
+      const coarse = bitmapOf(2 ** (fineBits - COARSE_SHIFT), [...wanted].map((b) => b >>> COARSE_SHIFT));
+      const kept = s.tids.only((bucket) => hasBit(coarse, bucket >>> COARSE_SHIFT));
+      expect(kept.rows).toBeLessThan(1500);
+      expect(kept.select((bucket) => wanted.has(bucket), 10_000)).toEqual(expected);
+    }
+    expect(tidArray(['(0,1)', '(12,7)'])).toBe('{"(0,1)","(12,7)"}');
+  });
+
+  it('keyless: past its row limit a ctid log keeps nothing, and says so', () => {
+    const log = new TidLog(3, 1);
+    for (let i = 0; i < 3; i++) log.add(i, i, 1);
+    expect(log.select(() => true, 10)).toEqual(['(0,1)', '(1,1)', '(2,1)']);
+    log.add(3, 3, 1);
+    expect(log.overflow).toBe(true);
+    expect(log.select(() => true, 10)).toBeNull();
+    expect(log.only(() => true).overflow).toBe(true);
+    expect(() => new CopyHashReader(new BucketSums(4), 1, log)).toThrow(/second field/);
+  });
+
   it('gives the same digests whatever the row order', () => {
     const rows = rowsOf(5000);
     const shuffled = [...rows].reverse();

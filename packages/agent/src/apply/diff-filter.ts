@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ident, addColumnIfMissing, SyncflowError, ErrorKind, type Sql, type pb } from '@syncflow/shared';
-import { hashedTypes, inBuckets, unpackFilter, type BucketFilter } from '../read/buckets.js';
+import { hashedTypes, hasBit, inBuckets, tidArray, unpackFilter, MAX_TID_LOOKUPS, type BucketFilter } from '../read/buckets.js';
+import { takeTargetTids } from '../read/diff-digests.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { UndoTarget } from './undo.js';
 
@@ -88,12 +89,31 @@ export function inFilter(tx: Sql, columns: readonly string[], keyColumns: readon
   return inBuckets(tx, { columns, keyColumns, fineBits: f.fineBits, hashed: f.hashed, types }, alias, tx`${f.bitmap}::bytea`);
 }
 
-/** Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their before-images. */
+/**
+ * A keyless replace's filter: the target's ctids of the rows of its buckets, kept by this agent's pass
+ * that compared them (read/diff-digests.ts takeTargetTids) under the filter's session — or nothing
+ * (another agent compared them, a resumed task, too many rows), and the delete scans. Returns how many.
+ */
+export function rowsByCtid(f: BucketFilter): number | null {
+  if (f.keys || !f.session) return null;
+  const tids = takeTargetTids(f.session, f.fineBits)?.select((b) => hasBit(f.bitmap, b), MAX_TID_LOOKUPS);
+  if (!tids) return null;
+  f.tids = tids;
+  return tids.length;
+}
+
+/**
+ * Keyless replace inside the filter: deletes the target's rows of the differing buckets, keeping their
+ * before-images — by their ctids when the filter has them (a TID scan, each row still checked against
+ * the buckets; rows another writer put into those buckets since the comparison are left, where a scan
+ * would delete them: writes by others during a re-sync are outside what a diff sees either way), else by a scan.
+ */
 export async function deleteBucketsLogged(tx: Sql, u: UndoTarget, f: BucketFilter): Promise<number> {
   const types = await hashedTypes(tx, u.schema, u.table, f.hashed);
+  const where = f.tids ? tx`t.ctid = ANY(${tidArray(f.tids)}::tid[]) AND ${inFilter(tx, u.columns, [], f, types)}` : inFilter(tx, u.columns, [], f, types);
   return withPinnedTextForms(tx, async () => {
     const r = await tx`
-      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${inFilter(tx, u.columns, [], f, types)} RETURNING ROW(t.*)::text AS r)
+      WITH d AS (DELETE FROM ${ident(tx, u.schema, u.table)} t WHERE ${where} RETURNING ROW(t.*)::text AS r)
       INSERT INTO syncflow.undo_log (job_id, task_id, seq, schema_name, table_name, op, before)
       SELECT ${u.jobId}, ${u.taskId}, ${u.seq}, ${u.schema}, ${u.table}, 'd', r FROM d`;
     return r.count;

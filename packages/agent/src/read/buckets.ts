@@ -143,6 +143,8 @@ export function bitmapOf(bits: number, set: Iterable<number>): Buffer {
   return m;
 }
 
+export const hasBit = (m: Buffer, n: number): boolean => ((m[n >>> 3]! >>> (n & 7)) & 1) === 1;
+
 export function* setBits(m: Buffer, bits: number): Generator<number> {
   for (let i = 0; i < m.length; i++) {
     const v = m[i]!;
@@ -161,20 +163,35 @@ export function countBits(m: Buffer): number {
  * What a diff task ships: the rows of the set fine buckets, or — `keys` set (diff from tracked changes,
  * fineBits 0) — the rows of exactly these keys (text forms in key column order).
  */
-export interface BucketFilter { fineBits: number; bitmap: Buffer; hashed: readonly string[]; keys?: readonly (string | null)[][] }
+export interface BucketFilter {
+  fineBits: number; bitmap: Buffer; hashed: readonly string[]; keys?: readonly (string | null)[][];
+  /**
+   * A keyless table: where the rows of the set buckets are in this database (ctids), kept by the pass
+   * that compared them — read or deleted by TID lookups, still checked against the buckets. Never on the wire.
+   */
+  tids?: readonly string[];
+  /** The diff decision's session: the target looks up the ctids its own pass kept under it (diff-digests.ts takeTargetTids). */
+  session?: string;
+}
+
+/** Rows a filter reads or deletes by their ctids at most (a tid[] of ~7 MB); more, and they are found by scanning. */
+export const MAX_TID_LOOKUPS = 2 ** 19;
+
+/** A ctid list as a tid[] literal ('{"(0,1)","(5,3)"}'): bound as text, or set in a transaction-local setting for a COPY. */
+export const tidArray = (tids: readonly string[]): string => `{${tids.map((t) => `"${t}"`).join(',')}}`;
 
 export const keyFilter = (keys: readonly (string | null)[][]): BucketFilter => ({ fineBits: 0, bitmap: Buffer.alloc(0), hashed: [], keys });
 
 /** The wire form: a deflated bitmap (sparse bitmaps shrink to a few bits per set bit), or the deflated JSON of the keys. */
-export function packFilter(f: BucketFilter): { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer } {
-  if (f.keys) return { fine_bits: 0, buckets: Buffer.alloc(0), hashed_columns: [], keys: deflateRawSync(JSON.stringify(f.keys), { level: 6 }) };
-  return { fine_bits: f.fineBits, buckets: deflateRawSync(f.bitmap, { level: 6 }), hashed_columns: [...f.hashed], keys: Buffer.alloc(0) };
+export function packFilter(f: BucketFilter): { fine_bits: number; buckets: Buffer; hashed_columns: string[]; keys: Buffer; session: string } {
+  if (f.keys) return { fine_bits: 0, buckets: Buffer.alloc(0), hashed_columns: [], keys: deflateRawSync(JSON.stringify(f.keys), { level: 6 }), session: '' };
+  return { fine_bits: f.fineBits, buckets: deflateRawSync(f.bitmap, { level: 6 }), hashed_columns: [...f.hashed], keys: Buffer.alloc(0), session: f.session ?? '' };
 }
 
 /** Keys a filter may list: what one decode of a change slot keeps at most, with room. */
 const MAX_FILTER_KEY_BYTES = 512 << 20;
 
-export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_columns?: string[]; keys?: Buffer } | null | undefined): BucketFilter | null {
+export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_columns?: string[]; keys?: Buffer; session?: string } | null | undefined): BucketFilter | null {
   if (f?.keys?.length) {
     let keys: unknown;
     try {
@@ -191,7 +208,7 @@ export function unpackFilter(f: { fine_bits: number; buckets: Buffer; hashed_col
   const fineBits = assertFineBits(f.fine_bits);
   const bitmap = inflateRawSync(f.buckets, { maxOutputLength: 2 ** fineBits / 8 });
   if (bitmap.length !== 2 ** fineBits / 8) throw invalidArgument('bucket filter bitmap has the wrong size');
-  return { fineBits, bitmap, hashed: f.hashed_columns ?? [] };
+  return { fineBits, bitmap, hashed: f.hashed_columns ?? [], ...(f.session ? { session: f.session } : {}) };
 }
 
 /**
@@ -255,6 +272,10 @@ export async function readerBucketCondition(tx: Sql, table: { schema: string; ta
   }
   await tx`SELECT set_config('syncflow.diff', ${filter.bitmap.toString('base64')}, true)`;
   const types = await hashedTypes(tx, table.schema, table.table, filter.hashed);
+  const cond = inBuckets(tx, { ...spec, fineBits: filter.fineBits, hashed: filter.hashed, types }, '', tx`(SELECT decode(current_setting('syncflow.diff'), 'base64'))`);
+  if (!filter.tids) return { cond };
+  // The rows' ctids in this snapshot (kept by the pass that compared the buckets): a TID scan instead of hashing every row.
+  await tx`SELECT set_config('syncflow.tids', ${tidArray(filter.tids)}, true)`;
   // Wrapped: an async function returning the fragment itself would run it (fragments are thenables).
-  return { cond: inBuckets(tx, { ...spec, fineBits: filter.fineBits, hashed: filter.hashed, types }, '', tx`(SELECT decode(current_setting('syncflow.diff'), 'base64'))`) };
+  return { cond: tx`ctid = ANY(current_setting('syncflow.tids')::tid[]) AND ${cond}` };
 }

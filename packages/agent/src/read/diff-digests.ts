@@ -4,8 +4,8 @@ import { keyCompare, joinFragments, keyVsSettings, setKeySettings } from './keys
 import { keyTypes } from './hash-ranges.js';
 import { useSnapshot } from './snapshot.js';
 import { pinTextForms } from './text-forms.js';
-import { assertFineBits, bucketHash, hashedTypes, restHash, COARSE_SHIFT } from './buckets.js';
-import { BucketSums, CopyHashReader } from './digest-builder.js';
+import { assertFineBits, bucketHash, hasBit, hashedTypes, restHash, COARSE_SHIFT, MAX_TID_LOOKUPS } from './buckets.js';
+import { BucketSums, CopyHashReader, TidLog } from './digest-builder.js';
 import { digestMemory } from './digest-cache.js';
 
 export interface DigestRequest {
@@ -21,7 +21,15 @@ export interface DigestRequest {
   hashed?: readonly string[];
   /** One diff decision's requests share it: the fine request is answered from the sums the coarse one built. */
   session?: string;
+  /** A keyless table: keep each row's ctid by its fine bucket (TidLog), for reading or deleting the differing rows by TID. */
+  tids?: boolean;
 }
+
+/** Rows of a keyless table part whose ctids a pass keeps (12 bytes each: 24 MiB); a bigger part is read and deleted by scanning. */
+export const MAX_TID_ROWS = 2 ** 21;
+
+/** Whether a pass keeps ctids, and for how many rows at most (about one row per fine bucket, with room). */
+const tidRows = (req: DigestRequest) => (req.tids && !req.keyColumns.length ? Math.min(MAX_TID_ROWS, 2 * 2 ** req.fineBits) : 0);
 
 /**
  * One pass over a table (part) in a REPEATABLE READ, READ ONLY transaction — inside the job snapshot
@@ -46,10 +54,13 @@ async function buildSums(sql: Sql, req: DigestRequest, snapshotId: string): Prom
       if (req.upto) { await setKeySettings(tx, req.upto, 'syncflow.u'); conds.push(keyVsSettings(tx, key, '<=', 'syncflow.u')); }
     }
     const rest = restHash(tx, spec, '');
-    const fields = rest ? [bucketHash(tx, spec, ''), rest] : [bucketHash(tx, spec, '')];
+    const maxTids = tidRows(req);
+    const second = rest ?? (maxTids ? tx`ctid` : null);
+    const fields = second ? [bucketHash(tx, spec, ''), second] : [bucketHash(tx, spec, '')];
     const where = conds.length ? tx`WHERE ${joinFragments(tx, conds, ' AND ')}` : tx``;
     const sums = new BucketSums(req.fineBits);
-    const reader = new CopyHashReader(sums, rest ? 2 : 1);
+    if (maxTids) sums.tids = new TidLog(maxTids);
+    const reader = new CopyHashReader(sums, second ? 2 : 1, sums.tids);
     const query = tx`COPY (SELECT ${joinFragments(tx, fields)} FROM ${ident(tx, req.schema, req.table)} ${where}) TO STDOUT (FORMAT binary)`;
     const stream = await query.readable();
     try {
@@ -64,7 +75,7 @@ async function buildSums(sql: Sql, req: DigestRequest, snapshotId: string): Prom
 }
 
 const cacheKey = (req: DigestRequest, snapshotId: string) => JSON.stringify([
-  req.session, snapshotId, req.schema, req.table, req.columns, req.keyColumns, req.after, req.upto, req.fineBits, req.hashed ?? [],
+  req.session, snapshotId, req.schema, req.table, req.columns, req.keyColumns, req.after, req.upto, req.fineBits, req.hashed ?? [], Boolean(req.tids),
 ]);
 
 /**
@@ -73,24 +84,24 @@ const cacheKey = (req: DigestRequest, snapshotId: string) => JSON.stringify([
  * buckets of each coarse bucket asked for, in ascending order (from the cached sums; computed again if
  * they were evicted or expired).
  */
-export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number; scanned: boolean }> {
+export async function digestsOf(sql: Sql, req: DigestRequest, snapshotId = ''): Promise<{ digests: Buffer; rows: number; scanned: boolean; tids: TidLog | null }> {
   if (!req.columns.length) throw invalidArgument('columns are required');
   assertFineBits(req.fineBits);
   if (req.coarse && req.coarse.length !== Math.ceil(2 ** (req.fineBits - COARSE_SHIFT) / 8)) throw invalidArgument('coarse bitmap has the wrong size');
   const key = cacheKey(req, snapshotId);
   if (req.coarse && req.session) {
     const cached = digestMemory.take(key);
-    if (cached) return { digests: cached.fineDigests(req.coarse), rows: cached.rows, scanned: false };
+    if (cached) return { digests: cached.fineDigests(req.coarse), rows: cached.rows, scanned: false, tids: cached.tids };
   }
-  const bytes = BucketSums.bytes(req.fineBits);
+  const bytes = BucketSums.bytes(req.fineBits) + TidLog.bytes(tidRows(req));
   const release = await digestMemory.reserve(bytes);
   let kept = false;
   try {
     const sums = await buildSums(sql, req, snapshotId);
-    if (req.coarse) return { digests: sums.fineDigests(req.coarse), rows: sums.rows, scanned: true };
+    if (req.coarse) return { digests: sums.fineDigests(req.coarse), rows: sums.rows, scanned: true, tids: sums.tids };
     const digests = sums.coarseDigests();
     if (req.session) { digestMemory.keep(key, sums, bytes); kept = true; }
-    return { digests, rows: sums.rows, scanned: true };
+    return { digests, rows: sums.rows, scanned: true, tids: null };
   } finally {
     if (!kept) release();
   }
@@ -101,6 +112,30 @@ export function dropDigests(req: DigestRequest, snapshotId = ''): void {
   digestMemory.drop(cacheKey({ ...req, coarse: null }, snapshotId));
 }
 
+/**
+ * A keyless table's rows on the target, by the session of the diff decision that compared them: kept
+ * from the fine round (only the rows of the coarse buckets asked about) until the task's Transfer
+ * takes them with its filter (takeTargetTids), or for 10 minutes; a few sessions at most.
+ */
+const targetTids = new Map<string, { log: TidLog; fineBits: number; at: number }>();
+const TARGET_TIDS_TTL_MS = 10 * 60_000;
+const TARGET_TIDS_MAX = 8;
+
+/** The target's ctids of a diff decision's rows (read/diff-digests.ts), handed out once; null when gone or another agent compared them. */
+export function takeTargetTids(session: string, fineBits: number): TidLog | null {
+  const e = targetTids.get(session);
+  targetTids.delete(session);
+  return e && e.fineBits === fineBits && Date.now() - e.at < TARGET_TIDS_TTL_MS ? e.log : null;
+}
+
+function keepTargetTids(session: string, fineBits: number, coarse: Buffer, log: TidLog): void {
+  const now = Date.now();
+  for (const [k, e] of targetTids) if (now - e.at >= TARGET_TIDS_TTL_MS) targetTids.delete(k);
+  while (targetTids.size >= TARGET_TIDS_MAX) targetTids.delete(targetTids.keys().next().value!);
+  const kept = log.only((bucket) => hasBit(coarse, bucket >>> COARSE_SHIFT), MAX_TID_LOOKUPS);
+  if (!kept.overflow) targetTids.set(session, { log: kept, fineBits, at: now });
+}
+
 /** AgentService.DiffBuckets: the target's digests, in its current state. */
 export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output, log?: Logger): Promise<pb.DiffReply> {
   const r = await digestsOf(sql, {
@@ -108,8 +143,10 @@ export async function diffBuckets(sql: Sql, req: pb.DiffRequest__Output, log?: L
     after: req.range_after?.values.length ? req.range_after.values : null,
     upto: req.range_upto?.values.length ? req.range_upto.values : null,
     fineBits: req.fine_bits, coarse: req.coarse.length ? req.coarse : null, hashed: req.hashed_columns, session: req.session,
+    tids: Boolean(req.session) && !req.key_columns.length,
   });
   if (req.coarse.length && r.scanned) log?.info({ table: `${req.schema}.${req.table}`, fine_bits: req.fine_bits }, 'diff buckets: cached sums were gone (evicted, expired or another agent answered the coarse round); scanned again');
+  if (req.coarse.length && req.session && r.tids && !r.tids.overflow) keepTargetTids(req.session, req.fine_bits, req.coarse, r.tids);
   // Digests cross the WAN: empty buckets (zeros) shrink to almost nothing.
   const packed = deflateRawSync(r.digests, { level: 1 });
   return packed.length < r.digests.length * 0.9 ? { digests: packed, rows: r.rows, deflated: true } : { digests: r.digests, rows: r.rows };

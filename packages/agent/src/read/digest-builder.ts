@@ -77,6 +77,8 @@ export class BucketSums {
   readonly data: Uint32Array;
   readonly mask: number;
   rows = 0;
+  /** A keyless table's rows by fine bucket, when the pass was asked to keep them (TidLog). */
+  tids: TidLog | null = null;
 
   constructor(readonly fineBits: number) {
     const n = 2 ** fineBits;
@@ -132,15 +134,72 @@ export class BucketSums {
 const u32 = (b: Buffer, o: number) => ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
 
 /**
- * Feeds a binary COPY of rows of one or two non-NULL int8 fields — (bucket hash) or (bucket hash,
- * rest hash) — into BucketSums, chunk by chunk (rows may straddle chunks).
+ * Where a keyless table's rows are, by fine bucket, kept from the pass that sums them: (fine bucket,
+ * block, offset) per row, 12 bytes. A diff then reads (source) and deletes (target) the rows of the
+ * buckets that differ by their ctids (a TID scan) instead of scanning and hashing every row again.
+ * Bounded: past `maxRows` it keeps nothing (`overflow`), and the diff scans as before.
+ */
+export class TidLog {
+  #data: Uint32Array;
+  #n = 0;
+  overflow = false;
+
+  constructor(readonly maxRows: number, initialRows = 4096) {
+    this.#data = new Uint32Array(3 * Math.max(1, Math.min(initialRows, maxRows)));
+  }
+
+  static bytes(rows: number): number { return 12 * rows; }
+
+  get rows(): number { return this.#n; }
+
+  add(bucket: number, block: number, offset: number): void {
+    if (this.overflow) return;
+    if (this.#n >= this.maxRows) { this.overflow = true; this.#data = new Uint32Array(0); this.#n = 0; return; }
+    if (3 * this.#n === this.#data.length) {
+      const grown = new Uint32Array(Math.min(2 * this.#data.length, 3 * this.maxRows));
+      grown.set(this.#data);
+      this.#data = grown;
+    }
+    const i = 3 * this.#n++;
+    this.#data[i] = bucket; this.#data[i + 1] = block; this.#data[i + 2] = offset;
+  }
+
+  /** The ctids ("(block,offset)") of the rows whose fine bucket `wanted` accepts; null after an overflow or past `max` rows. */
+  select(wanted: (bucket: number) => boolean, max: number): string[] | null {
+    if (this.overflow) return null;
+    const out: string[] = [];
+    const d = this.#data;
+    for (let i = 0; i < 3 * this.#n; i += 3) {
+      if (!wanted(d[i]!)) continue;
+      if (out.length === max) return null;
+      out.push(`(${d[i + 1]},${d[i + 2]})`);
+    }
+    return out;
+  }
+
+  /** A log of only the rows whose fine bucket `keep` accepts (the target keeps those of the coarse buckets asked about). */
+  only(keep: (bucket: number) => boolean, maxRows = this.maxRows): TidLog {
+    const out = new TidLog(maxRows, 0);
+    if (this.overflow) { out.overflow = true; return out; }
+    const d = this.#data;
+    for (let i = 0; i < 3 * this.#n; i += 3) if (keep(d[i]!)) out.add(d[i]!, d[i + 1]!, d[i + 2]!);
+    return out;
+  }
+}
+
+/**
+ * Feeds a binary COPY into BucketSums, chunk by chunk (rows may straddle chunks): rows of one or two
+ * non-NULL int8 fields — (bucket hash) or (bucket hash, rest hash) — or, with a TidLog (a keyless
+ * table), (bucket hash, ctid), the row's place kept by its fine bucket.
  */
 export class CopyHashReader {
   #pending: Buffer = Buffer.alloc(0);
   #header = false;
   #done = false;
 
-  constructor(readonly sums: BucketSums, readonly fields: 1 | 2) {}
+  constructor(readonly sums: BucketSums, readonly fields: 1 | 2, readonly tids: TidLog | null = null) {
+    if (tids && fields !== 2) throw invalidArgument('a ctid comes as the second field');
+  }
 
   push(chunk: Buffer): void {
     let rest = chunk;
@@ -168,7 +227,10 @@ export class CopyHashReader {
       if (!p) return 0;
       this.#header = true;
     }
-    const rowBytes = 2 + 12 * this.fields;
+    const tids = this.tids;
+    // A tid is 6 bytes (block int4, offset int2), an int8 8.
+    const second = tids ? 6 : 8;
+    const rowBytes = this.fields === 2 ? 2 + 12 + 4 + second : 2 + 12;
     const { data, mask } = this.sums;
     const two = this.fields === 2;
     let rows = 0;
@@ -179,8 +241,11 @@ export class CopyHashReader {
       if (n === 0xffff) { this.#done = true; p += 2; break; } // the trailer (-1)
       if (n !== this.fields) throw invalidArgument(`binary COPY row has ${n} fields, expected ${this.fields}`);
       if (p + rowBytes > end) break;
-      if (u32(buf, p + 2) !== 8 || (two && u32(buf, p + 14) !== 8)) throw invalidArgument('binary COPY field is not a non-NULL int8');
-      if (two) addRow(data, mask, u32(buf, p + 6), u32(buf, p + 10), u32(buf, p + 18), u32(buf, p + 22), true);
+      if (u32(buf, p + 2) !== 8 || (two && u32(buf, p + 14) !== second)) throw invalidArgument(`binary COPY field is not a non-NULL ${tids ? 'int8 or tid' : 'int8'}`);
+      if (tids) {
+        addRow(data, mask, u32(buf, p + 6), u32(buf, p + 10), 0, 0, false);
+        tids.add(u32(buf, p + 10) & mask, u32(buf, p + 18), (buf[p + 22]! << 8) | buf[p + 23]!);
+      } else if (two) addRow(data, mask, u32(buf, p + 6), u32(buf, p + 10), u32(buf, p + 18), u32(buf, p + 22), true);
       else addRow(data, mask, u32(buf, p + 6), u32(buf, p + 10), 0, 0, false);
       rows++;
       p += rowBytes;

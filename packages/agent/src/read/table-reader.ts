@@ -55,6 +55,7 @@ export interface ReadBatch extends CutBatch {
 export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b: ReadBatch) => Promise<void>): Promise<{ snapshot: 'job' | 'own' }> {
   let snapshot: 'job' | 'own' = 'job';
   if (spec.snapshotId) assertSnapshotId(spec.snapshotId);
+  let buckets = spec.buckets;
   const run = (withSnapshot: boolean) => sql.begin('ISOLATION LEVEL REPEATABLE READ READ ONLY', async (tx) => {
     if (withSnapshot) {
       try {
@@ -91,8 +92,8 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     }
     // A diff's filter: a condition on the rows' buckets, or the rows of listed keys looked up one by one.
     let from: ReturnType<Sql['unsafe']> = table;
-    if (spec.buckets) {
-      const f = await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: spec.buckets.fineBits, key: spec.key }, spec.buckets);
+    if (buckets) {
+      const f = await readerBucketCondition(tx as unknown as Sql, spec, { columns: spec.columns, keyColumns: spec.key.columns, fineBits: buckets.fineBits, key: spec.key }, buckets);
       if (f.cond) conds.push(f.cond);
       if (f.from) from = f.from;
     }
@@ -147,6 +148,8 @@ export async function readTable(sql: Sql, spec: ReadSpec, log: Logger, emit: (b:
     if (err.code === SNAPSHOT_GONE && !spec.requireSnapshot) {
       log.warn({ table: spec.table }, 'job snapshot no longer exists; reading from a new snapshot');
       snapshot = 'own';
+      // The filter's ctids name rows of the job snapshot: in a new one the rows of its buckets are found by scanning.
+      if (buckets?.tids) buckets = { ...buckets, tids: undefined };
       await run(false);
     } else throw err;
   }

@@ -7,7 +7,7 @@ import { applyBatch, applyEnd, type ApplySpec } from '../apply/batch.js';
 import { ensureTargetSchema, ledgerPosition, ledgerHashes } from '../apply/ledger.js';
 import { restartTask } from '../apply/restart.js';
 import { registerUndoTable } from '../apply/undo.js';
-import { storedFilter, taskFilter, checkResume } from '../apply/diff-filter.js';
+import { storedFilter, taskFilter, checkResume, rowsByCtid } from '../apply/diff-filter.js';
 import { tableColumns } from '../read/keys.js';
 
 type Call = grpc.ServerDuplexStream<pb.TransferMessage__Output, pb.TransferAck>;
@@ -106,7 +106,8 @@ async function serveTable(call: Call, it: AsyncIterator<pb.TransferMessage__Outp
           throw invalidArgument(`a filter of keys needs a keyed table and ${spec.key.columns.length} non-null value(s) per key`);
         }
         checkResume(pos.seq, stored, spec.diff ?? null);
-        tlog.info(keys ? { keys: keys.length } : { fine_bits: msg.diff.fine_bits }, keys ? 'diff re-sync: shipping the rows of the changed keys' : 'diff re-sync: shipping only differing hash buckets');
+        const byCtid = spec.diff && spec.method === 'replace' ? rowsByCtid(spec.diff.filter) : null;
+        tlog.info(keys ? { keys: keys.length } : { fine_bits: msg.diff.fine_bits, rows_by_ctid: byCtid }, keys ? 'diff re-sync: shipping the rows of the changed keys' : 'diff re-sync: shipping only differing hash buckets');
       } else if (msg.batch) {
         if (!applied && !duplicates) checkResume(pos.seq, stored, spec.diff ?? null);
         const b = msg.batch;

@@ -2,8 +2,9 @@ import { call, grpc, ident, injectContext, SyncflowError, ErrorKind, type Logger
 import { randomUUID } from 'node:crypto';
 import { digestsOf, dropDigests, replyDigests, rowsOf, type DigestRequest } from '../read/diff-digests.js';
 import {
-  bitmapOf, countBits, differingSlots, fineBitsFor, keyFilter, packFilter, typedKeys, unpackFilter, COARSE_SHIFT, type BucketFilter,
+  bitmapOf, countBits, differingSlots, fineBitsFor, hasBit, keyFilter, packFilter, typedKeys, unpackFilter, COARSE_SHIFT, MAX_TID_LOOKUPS, type BucketFilter,
 } from '../read/buckets.js';
+import type { TidLog } from '../read/digest-builder.js';
 import { IntegerKeys, joinFragments } from '../read/keys.js';
 import { withPinnedTextForms } from '../read/text-forms.js';
 import type { ChangeLog } from '../read/change-log.js';
@@ -130,9 +131,10 @@ function unchanged(task: TaskMessage): DiffDecision {
  */
 async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClient, log: Logger, localReady: Promise<unknown> = Promise.resolve(),
   unchangedSince?: Promise<boolean>): Promise<DiffDecision> {
+  const keyless = !task.key_columns.length;
   const base: Omit<DigestRequest, 'fineBits' | 'coarse'> = {
     schema: task.schema, table: task.table, columns: task.columns, keyColumns: task.key_columns,
-    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(),
+    after: task.range?.after ?? null, upto: task.range?.upto ?? null, hashed: task.diff_hashed, session: randomUUID(), tids: keyless,
   };
   const t0 = Date.now();
   const rows = await rowsOf(sql, base, task.snapshot_id, task.row_estimate);
@@ -141,10 +143,12 @@ async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClie
   const coarseCount = 2 ** (fineBits - COARSE_SHIFT);
   let wire = 0;
   let rescanned = false;
+  let rowsAt: TidLog | null = null;
   const both = async (coarse: Buffer | null, peer = peerDigests(target, task, fineBits, coarse, base.session!)) => {
     const [mine, theirs] = await Promise.all([localReady.then(() => digestsOf(sql, { ...base, fineBits, coarse }, task.snapshot_id)), peer]);
     wire += theirs.digests.length + (coarse?.length ?? 0);
     if (coarse && mine.scanned) rescanned = true;
+    if (coarse) rowsAt = mine.tids;
     return differingSlots(mine.digests, replyDigests(theirs, fineBits));
   };
   const peer = peerDigests(target, task, fineBits, null, base.session!);
@@ -165,9 +169,16 @@ async function hashDiff(task: TaskMessage, sql: Sql, target: pb.AgentServiceClie
     const per = 2 ** COARSE_SHIFT;
     fine = slots.map((s) => (coarseDiff[Math.floor(s / per)]! << COARSE_SHIFT) | (s % per));
   }
-  const filter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
+  const filter: BucketFilter = { fineBits, bitmap: bitmapOf(2 ** fineBits, fine), hashed: task.diff_hashed };
+  if (keyless) {
+    // The target deletes the rows of these buckets by the ctids its pass kept under the session; this
+    // side reads them by the ctids its own pass kept (the same snapshot): no second scan on either side.
+    filter.session = base.session;
+    const tids = (rowsAt as TidLog | null)?.select((b) => hasBit(filter.bitmap, b), MAX_TID_LOOKUPS);
+    if (tids) filter.tids = tids;
+  }
   log.info({ rows, fine_bits: fineBits, coarse_differing: coarseDiff.length, fine_differing: fine.length, wire_bytes: wire, source_rescanned: rescanned,
-    count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
+    rows_by_ctid: filter.tids?.length ?? null, count_ms: tCount - t0, coarse_ms: tCoarse - tCount, fine_ms: Date.now() - tCoarse }, 'diff: buckets compared');
   return describe(filter, wire, `diff: ${coarseDiff.length} of ${coarseCount} coarse buckets differed`);
 }
 
