@@ -26,7 +26,7 @@ export interface DigestRequest {
 }
 
 /** Rows of a keyless table part whose ctids a pass keeps (12 bytes each: 24 MiB); a bigger part is read and deleted by scanning. */
-export const MAX_TID_ROWS = 2 ** 21;
+const MAX_TID_ROWS = 2 ** 21;
 
 /** Whether a pass keeps ctids, and for how many rows at most (about one row per fine bucket, with room). */
 const tidRows = (req: DigestRequest) => (req.tids && !req.keyColumns.length ? Math.min(MAX_TID_ROWS, 2 * 2 ** req.fineBits) : 0);
