@@ -100,6 +100,11 @@ describe('rollback', () => {
 
   it('a completed mirror job (inserts, updates, deletes, keyless, sequences) is rolled back on demand', async () => {
     const before = await snapshotOf('app');
+    // The undo log as earlier versions made it, with an `id bigserial PRIMARY KEY`: the job drops that column.
+    await b.sql('app').unsafe(`CREATE SCHEMA IF NOT EXISTS syncflow;
+      CREATE TABLE IF NOT EXISTS syncflow.undo_log (id bigserial PRIMARY KEY, job_id uuid NOT NULL, task_id text NOT NULL, seq bigint NOT NULL,
+        schema_name text NOT NULL, table_name text NOT NULL, op char(1) NOT NULL CHECK (op IN ('i', 'u', 'd')), key text[], before text,
+        after_hash text, after_row text, at timestamptz NOT NULL DEFAULT now())`);
     const r = await stack.cli(['sync', 'start', '--from', 'src', '--to', 'dst', '--mode', 'mirror', '--batch-bytes', '64KiB', '--wait', '--json']);
     expect(r.code, r.stderr + r.stdout.slice(-2000)).toBe(0);
     const job = JSON.parse(r.stdout) as pb.Job__Output;
@@ -111,6 +116,9 @@ describe('rollback', () => {
       SELECT attname::text || ':' || attcompression::text AS c FROM pg_attribute
       WHERE attrelid = 'syncflow.undo_log'::regclass AND attname IN ('before', 'after_row') ORDER BY attname`;
     expect(compression.map((x) => x.c)).toEqual(['after_row:l', 'before:l']);
+    const [legacy] = await b.sql('app')<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = 'syncflow.undo_log'::regclass AND attname = 'id' AND NOT attisdropped`;
+    expect(legacy!.n).toBe(0);
 
     const rb = await stack.cli(['job', 'rollback', job.id, '--json']);
     expect(rb.code, rb.stderr).toBe(0);

@@ -28,6 +28,11 @@ export function identList(sql: Sql, names: readonly string[], prefix?: string) {
  * ALTER TABLE, even one that changes nothing (ADD COLUMN IF NOT EXISTS), takes an exclusive lock that
  * waits for every transaction using the table and holds up every one behind it. `type` is fixed DDL text.
  */
+/** A savepoint inside a transaction (postgres.js's TransactionSql; `Sql` here types both): an error in `fn` rolls back only its part. */
+export function savepoint<T>(tx: Sql, fn: (sp: Sql) => Promise<T>): Promise<T> {
+  return (tx as Sql & { savepoint<U>(f: (sp: Sql) => Promise<U>): Promise<U> }).savepoint(fn);
+}
+
 export async function addColumnIfMissing(sql: Sql, schema: string, table: string, column: string, type: string): Promise<void> {
   const [has] = await sql`SELECT 1 FROM pg_attribute
     WHERE attrelid = format('%I.%I', ${schema}::text, ${table}::text)::regclass AND attname = ${column} AND NOT attisdropped`;

@@ -1,11 +1,9 @@
-import { toSyncflowError, type Sql } from '@syncflow/shared';
+import { toSyncflowError, savepoint, type Sql } from '@syncflow/shared';
 import { leadingFields, decodeField } from '../read/copy-text.js';
 
 export type BadRowPolicy = 'fail' | 'skip' | 'quarantine';
 export const badRowPolicy = (s: string | undefined): BadRowPolicy => (s === 'fail' || s === 'skip' ? s : 'quarantine');
 
-type WithSavepoint = Sql & { savepoint<T>(fn: (sp: Sql) => Promise<T>): Promise<T> };
-const savepoint = <T>(tx: Sql, fn: (sp: Sql) => Promise<T>): Promise<T> => (tx as WithSavepoint).savepoint(fn);
 
 export interface ChunkCounts { inserted: number; updated: number }
 export interface QuarantineTarget { jobId: string; taskId: string; seq: number; schema: string; table: string; keyCount: number; policy: BadRowPolicy }

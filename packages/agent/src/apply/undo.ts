@@ -1,4 +1,4 @@
-import { ident, identList, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
+import { ident, identList, savepoint, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
 import { joinFragments, keyEquals, type KeySpec } from '../read/keys.js';
 
 /**
@@ -10,7 +10,6 @@ import { joinFragments, keyEquals, type KeySpec } from '../read/keys.js';
  */
 export async function ensureSafetySchema(tx: Sql): Promise<void> {
   await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_log (
-    id bigserial PRIMARY KEY,
     job_id uuid NOT NULL, task_id text NOT NULL, seq bigint NOT NULL,
     schema_name text NOT NULL, table_name text NOT NULL,
     op char(1) NOT NULL CHECK (op IN ('i', 'u', 'd')),
@@ -24,6 +23,7 @@ export async function ensureSafetySchema(tx: Sql): Promise<void> {
   // earlier ones (by batch, by time) served no query, and cost ~15 % of an upsert batch's time.
   await tx`CREATE INDEX IF NOT EXISTS undo_log_table ON syncflow.undo_log (job_id, schema_name, table_name, op)`;
   await tx`DROP INDEX IF EXISTS syncflow.undo_log_batch, syncflow.undo_log_at`;
+  await dropLogId(tx);
   await compressRowImagesWithLz4(tx);
   await tx`CREATE TABLE IF NOT EXISTS syncflow.undo_tables (
     job_id uuid NOT NULL, schema_name text NOT NULL, table_name text NOT NULL,
@@ -55,6 +55,30 @@ export async function ensureSafetySchema(tx: Sql): Promise<void> {
   await tx`CREATE INDEX IF NOT EXISTS quarantine_job ON syncflow.quarantine (job_id, schema_name, table_name)`;
   await ensureChangedConcurrently(tx);
 }
+
+/**
+ * Logs made by earlier versions have an `id bigserial PRIMARY KEY` that no query reads (rollback and
+ * purge go by job and table): its sequence and index were ~40 % of the cost of writing the log (15 400
+ * rows of a re-sync's upsert: 112 → 70 ms, median of 15, measured alone). Dropped once; the table is
+ * locked for it, so a log in use (a rollback reading it, a long batch) is waited for at most 2 s and
+ * then left for a later call, in a savepoint that keeps the rest of the schema transaction.
+ */
+async function dropLogId(tx: Sql): Promise<void> {
+  const [c] = await tx<{ has: boolean }[]>`
+    SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'syncflow.undo_log'::regclass AND attname = 'id' AND NOT attisdropped) AS has`;
+  if (!c!.has) return;
+  const [prev] = await tx<{ v: string }[]>`SELECT current_setting('lock_timeout') AS v`;
+  await savepoint(tx, async (sp) => {
+    await sp`SELECT set_config('lock_timeout', '2s', true)`;
+    await sp`ALTER TABLE syncflow.undo_log DROP COLUMN id`;
+  }).catch((e: { code?: string }) => {
+    if (e.code !== LOCK_NOT_AVAILABLE) throw e;
+  });
+  await tx`SELECT set_config('lock_timeout', ${prev!.v}, true)`;
+}
+
+/** SQLSTATE of a lock not granted within lock_timeout. */
+const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
  * The undo log's row images (before, after_row) are compressed with lz4 where the server was built
