@@ -23,16 +23,16 @@ export function identList(sql: Sql, names: readonly string[], prefix?: string) {
   return sql.unsafe(names.map((n) => p + quoteIdent(n)).join(', '));
 }
 
-/**
- * Adds a column that a table of an older version lacks: looked up in the catalog first, because
- * ALTER TABLE, even one that changes nothing (ADD COLUMN IF NOT EXISTS), takes an exclusive lock that
- * waits for every transaction using the table and holds up every one behind it. `type` is fixed DDL text.
- */
 /** A savepoint inside a transaction (postgres.js's TransactionSql; `Sql` here types both): an error in `fn` rolls back only its part. */
 export function savepoint<T>(tx: Sql, fn: (sp: Sql) => Promise<T>): Promise<T> {
   return (tx as Sql & { savepoint<U>(f: (sp: Sql) => Promise<U>): Promise<U> }).savepoint(fn);
 }
 
+/**
+ * Adds a column that a table of an older version lacks: looked up in the catalog first, because
+ * ALTER TABLE, even one that changes nothing (ADD COLUMN IF NOT EXISTS), takes an exclusive lock that
+ * waits for every transaction using the table and holds up every one behind it. `type` is fixed DDL text.
+ */
 export async function addColumnIfMissing(sql: Sql, schema: string, table: string, column: string, type: string): Promise<void> {
   const [has] = await sql`SELECT 1 FROM pg_attribute
     WHERE attrelid = format('%I.%I', ${schema}::text, ${table}::text)::regclass AND attname = ${column} AND NOT attisdropped`;

@@ -4,7 +4,6 @@ import { leadingFields, decodeField } from '../read/copy-text.js';
 export type BadRowPolicy = 'fail' | 'skip' | 'quarantine';
 export const badRowPolicy = (s: string | undefined): BadRowPolicy => (s === 'fail' || s === 'skip' ? s : 'quarantine');
 
-
 export interface ChunkCounts { inserted: number; updated: number }
 export interface QuarantineTarget { jobId: string; taskId: string; seq: number; schema: string; table: string; keyCount: number; policy: BadRowPolicy }
 

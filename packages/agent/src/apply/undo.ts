@@ -58,8 +58,8 @@ export async function ensureSafetySchema(tx: Sql): Promise<void> {
 
 /**
  * Logs made by earlier versions have an `id bigserial PRIMARY KEY` that no query reads (rollback and
- * purge go by job and table): its sequence and index were ~40 % of the cost of writing the log (15 400
- * rows of a re-sync's upsert: 112 → 70 ms, median of 15, measured alone). Dropped once; the table is
+ * purge go by job and table): its sequence and index were ~30 % of the cost of writing the log (15 400
+ * rows of a re-sync's upsert: ~115 → ~82 ms, medians of 15, measured alone). Dropped once; the table is
  * locked for it, so a log in use (a rollback reading it, a long batch) is waited for at most 2 s and
  * then left for a later call, in a savepoint that keeps the rest of the schema transaction.
  */
