@@ -145,9 +145,9 @@ it(`bench at scale ${scale}`, async () => {
     await record('pgcopydb', 'pgcopydb clone', 'bench_pgcopydb', totalRows, tableBytes, () => runPgcopydb(a, 'shop', b, 'bench_pgcopydb'));
   }
   // syncflow's load right after pgcopydb, the slow baselines (psql, naive: minutes of full CPU) last:
-  // the two compared for the ratio run within a minute of each other. With psql and naive in between,
-  // the load ran 7–9 minutes after pgcopydb, and in 9 of the 13 full runs of 2026-11-29 the +10 ms load,
-  // later in the same run, was faster than it despite the delay (e.g. 19.9 s against 24.0 s at 22:45).
+  // the two methods the ratio compares run within a minute of each other. (With psql and naive in
+  // between, the load ran 7–9 minutes after pgcopydb. The +10 ms load, later in the run, was faster than
+  // the load in 10 of the 15 full runs of 2026-11-29 despite its delay, also with this order: bench/README.md.)
   // The re-sync runs on the agents that did the load, as an operator's agents (long-running services)
   // take the next job; a second one, after another 1 % changed, on freshly started agents. They stop
   // before the +10 ms run, whose tasks they could otherwise take.
