@@ -76,6 +76,8 @@ it(`bench at scale ${scale}`, async () => {
   const totalRows = Object.values(tables).reduce((x, y) => x + y, 0);
   console.log(`dataset: scale ${scale}, ${totalRows} rows, ${(tableBytes / 1e6).toFixed(0)} MB of tables, ${(dbBytes / 1e6).toFixed(0)} MB database, generated in ${generateS.toFixed(1)} s`);
   let srcHashes = await databaseHashes(a.sql('shop'), ['public']);
+  /** The source's rows (from its latest content hashes) and table bytes as they are now: the changes between methods move them. */
+  const sourceNow = async () => ({ rows: [...srcHashes.values()].reduce((x, h) => x + h.rows, 0), bytes: (await sizeQuery()).tableBytes });
   const srcSchema = await schemaObjects(a, 'shop');
 
   const report: BenchReport = {
@@ -161,9 +163,8 @@ it(`bench at scale ${scale}`, async () => {
       const n = changed.updated + changed.inserted + changed.deleted;
       console.log(`changed ${n} rows on the source (${(100 * n / totalRows).toFixed(2)} %): ${JSON.stringify(changed)}`);
       srcHashes = await databaseHashes(a.sql('shop'), ['public']);
-      const after = await sizeQuery();
-      const rowsNow = [...srcHashes.values()].reduce((x, h) => x + h.rows, 0);
-      await record('resync', `syncflow mirror re-sync after ${(100 * n / totalRows).toFixed(1)} % changed${label}`, 'bench_sf', rowsNow, after.tableBytes,
+      const now = await sourceNow();
+      await record('resync', `syncflow mirror re-sync after ${(100 * n / totalRows).toFixed(1)} % changed${label}`, 'bench_sf', now.rows, now.bytes,
         () => runSyncflow(stack!, api!, 'shop', 'bench_sf', { delayMs: 0, mode: 'SYNC_MODE_MIRROR', createTarget: false, agentEnv: profEnv('resync'), session: agents }), keep);
       report.results.at(-1)!.notes.push(`source changes: ${JSON.stringify(changed)}`);
     };
@@ -176,13 +177,12 @@ it(`bench at scale ${scale}`, async () => {
   } finally {
     if (session) await stopAgents(session);
   }
-  // The source as it is now (the re-syncs changed it): what the remaining methods copy.
-  const rowsNow = [...srcHashes.values()].reduce((x, h) => x + h.rows, 0);
-  const bytesNow = (await sizeQuery()).tableBytes;
-  await record('wan', 'syncflow initial load, +10 ms each way', 'bench_sf_wan', rowsNow, bytesNow,
+  // The source as the re-syncs left it: what the remaining methods copy.
+  const now = await sourceNow();
+  await record('wan', 'syncflow initial load, +10 ms each way', 'bench_sf_wan', now.rows, now.bytes,
     () => runSyncflow(stack!, api!, 'shop', 'bench_sf_wan', { delayMs: 10, mode: 'SYNC_MODE_UPSERT', createTarget: true, agentEnv: profEnv('wan') }));
-  await record('psql', 'psql COPY pipe (2 at a time)', 'bench_psql', rowsNow, bytesNow, () => runPsqlPipe(a, 'shop', b, 'bench_psql'));
-  await record('naive', 'naive batched upsert (1000 rows)', 'bench_naive', rowsNow, bytesNow, () => runNaive(a, 'shop', b, 'bench_naive'));
+  await record('psql', 'psql COPY pipe (2 at a time)', 'bench_psql', now.rows, now.bytes, () => runPsqlPipe(a, 'shop', b, 'bench_psql'));
+  await record('naive', 'naive batched upsert (1000 rows)', 'bench_naive', now.rows, now.bytes, () => runNaive(a, 'shop', b, 'bench_naive'));
 
   const base = report.results.find((e) => e.method === 'pgcopydb clone' && e.wall_s !== null && !e.error)?.wall_s ?? null;
   const loadEntry = report.results.find((e) => e.method === 'syncflow initial load' && !e.error);

@@ -34,9 +34,14 @@ export function savepoint<T>(tx: Sql, fn: (sp: Sql) => Promise<T>): Promise<T> {
  * waits for every transaction using the table and holds up every one behind it. `type` is fixed DDL text.
  */
 export async function addColumnIfMissing(sql: Sql, schema: string, table: string, column: string, type: string): Promise<void> {
+  if (!(await hasColumn(sql, schema, table, column))) await sql`ALTER TABLE ${ident(sql, schema, table)} ADD COLUMN ${ident(sql, column)} ${sql.unsafe(type)}`;
+}
+
+/** Whether an existing table has a column of that name (not dropped), from the catalog. */
+export async function hasColumn(sql: Sql, schema: string, table: string, column: string): Promise<boolean> {
   const [has] = await sql`SELECT 1 FROM pg_attribute
     WHERE attrelid = format('%I.%I', ${schema}::text, ${table}::text)::regclass AND attname = ${column} AND NOT attisdropped`;
-  if (!has) await sql`ALTER TABLE ${ident(sql, schema, table)} ADD COLUMN ${ident(sql, column)} ${sql.unsafe(type)}`;
+  return Boolean(has);
 }
 
 export interface PoolOptions {

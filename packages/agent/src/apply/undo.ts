@@ -1,4 +1,4 @@
-import { ident, identList, savepoint, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
+import { ident, identList, hasColumn, savepoint, SyncflowError, ErrorKind, type Sql } from '@syncflow/shared';
 import { joinFragments, keyEquals, type KeySpec } from '../read/keys.js';
 
 /**
@@ -64,9 +64,7 @@ export async function ensureSafetySchema(tx: Sql): Promise<void> {
  * then left for a later call, in a savepoint that keeps the rest of the schema transaction.
  */
 async function dropLogId(tx: Sql): Promise<void> {
-  const [c] = await tx<{ has: boolean }[]>`
-    SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'syncflow.undo_log'::regclass AND attname = 'id' AND NOT attisdropped) AS has`;
-  if (!c!.has) return;
+  if (!(await hasColumn(tx, 'syncflow', 'undo_log', 'id'))) return;
   const [prev] = await tx<{ v: string }[]>`SELECT current_setting('lock_timeout') AS v`;
   await savepoint(tx, async (sp) => {
     await sp`SELECT set_config('lock_timeout', '2s', true)`;
